@@ -1,0 +1,264 @@
+"""The ``relay`` command: serve, check, preview, send-test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from relay import __version__
+from relay.config import Config, config_warnings, default_config_path, load_config
+from relay.crypto import encrypt
+from relay.errors import ConfigError, EventError, TemplateError
+from relay.events import SAMPLE_EVENT, Event, event_from_dict
+from relay.logs import setup_logging
+from relay.render import Renderer
+from relay.routing import Router
+from relay.server import create_app
+from relay.sinks import SINK_TYPES
+
+log = logging.getLogger("relay")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Relays Dataslayer's encrypted webhooks to Slack, email and webhooks."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "-c", "--config", type=Path, default=None,
+            help="config file (default: $RELAY_CONFIG, else ./config.toml)",
+        )
+        sub.set_defaults(func=func)
+        return sub
+
+    command("serve", cmd_serve, "run the relay")
+    command("check", cmd_check, "validate the config, secrets and every template")
+    preview = command("preview", cmd_preview, "print what each routed sink would send; sends nothing")
+    preview.add_argument("--sink", help="only this sink (routed or not)")
+    preview.add_argument("event", nargs="?", help="event JSON file, or - for standard input")
+    send = command("send-test", cmd_send_test, "encrypt a test event as Dataslayer does and POST it")
+    send.add_argument("--url", help="default: the [server] address and path")
+    send.add_argument("--datasource", default="google_ads")
+    send.add_argument("--email", default="test.client@example.com")
+    send.add_argument("--type", default="shared_connection")
+    return parser
+
+
+def _load(args: argparse.Namespace, exit_code: int) -> Config | int:
+    path = args.config or default_config_path()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid config:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return exit_code
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging()
+    config = _load(args, exit_code=2)
+    if isinstance(config, int):
+        return config
+    problems = _template_problems(config)
+    if problems:
+        print(f"{config.path}: template problems:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    _warn(config)
+    s = config.server
+    sinks = ", ".join(f"{n} ({c.type})" for n, c in config.sinks.items()) or "none"
+    try:
+        web.run_app(
+            create_app(config), host=s.host, port=s.port, access_log=None,
+            print=lambda _: log.info(
+                "relay %s listening on http://%s:%d%s; sinks: %s",
+                __version__, s.host, s.port, s.path, sinks,
+            ),
+        )
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
+        return 1
+    return 0
+
+
+def _warn(config: Config) -> None:
+    for warning in config_warnings(config):
+        if config.uses_demo_secret and warning.startswith("dataslayer.secret"):
+            log.warning("*" * 72)
+            log.warning("%s", warning)
+            log.warning("*" * 72)
+        else:
+            log.warning("%s", warning)
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = args.config or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return 1
+    problems = _template_problems(config)
+    for problem in problems:
+        print(problem)
+    for warning in config_warnings(config):
+        print(f"warning: {warning}")
+    if problems:
+        return 1
+    print(f"ok: {path} ({len(config.sinks)} sinks, {len(config.routes)} routes)")
+    return 0
+
+
+def _template_problems(config: Config) -> list[str]:
+    try:
+        renderer = Renderer(config.templates.dir, config.templates.timezone)
+    except ValueError as exc:
+        return [f"templates: {exc}"]
+    problems = [str(p) for p in renderer.compile_all()]
+    types = _event_types(config)
+    for name, sink in config.sinks.items():
+        parts = SINK_TYPES[sink.type].parts
+        for p in renderer.check_sink(
+            sink_name=name, sink_type=sink.type, parts=parts, template=sink.template,
+            event_types=types,
+        ):
+            problems.append(f"sinks.{name}: {p}")
+    return list(dict.fromkeys(problems))
+
+
+def _event_types(config: Config) -> list[str]:
+    """The sample type plus every literal (non-glob) type the routes name."""
+    types = {SAMPLE_EVENT["type"]}
+    for route in config.routes:
+        types.update(t for t in route.type if not any(c in t for c in "*?["))
+    return sorted(types)
+
+
+# -- preview -----------------------------------------------------------------------------------
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    config = _load(args, exit_code=1)
+    if isinstance(config, int):
+        return config
+    try:
+        event = _read_event(args.event)
+    except (OSError, ValueError, EventError) as exc:
+        print(f"cannot read the event: {exc}", file=sys.stderr)
+        return 1
+    names = _preview_sinks(config, event, args.sink)
+    if isinstance(names, int):
+        return names
+    renderer = Renderer(config.templates.dir, config.templates.timezone)
+    failed = False
+    for name in names:
+        failed |= not _preview_one(renderer, config, name, event)
+    return 1 if failed else 0
+
+
+def _read_event(source: str | None) -> Event:
+    if source is None:
+        data: Any = dict(SAMPLE_EVENT)
+    elif source == "-":
+        data = json.load(sys.stdin)
+    else:
+        data = json.loads(Path(source).read_text(encoding="utf-8"))
+    return event_from_dict(data, received_at=time.time())
+
+
+def _preview_sinks(config: Config, event: Event, only: str | None) -> list[str] | int:
+    if only is not None:
+        if only not in config.sinks:
+            print(f'no sink named "{only}"; sinks: {", ".join(config.sinks)}', file=sys.stderr)
+            return 1
+        return [only]
+    names = Router(config.routes, config.fallback).sinks_for(event)
+    if not names:
+        print("no route or fallback matches this event: nothing would be sent", file=sys.stderr)
+    return names
+
+
+def _preview_one(renderer: Renderer, config: Config, name: str, event: Event) -> bool:
+    sink = config.sinks[name]
+    print(f"=== {name} ({sink.type}) ===")
+    try:
+        parts = renderer.render(
+            sink_name=name, sink_type=sink.type, parts=SINK_TYPES[sink.type].parts,
+            template=sink.template, event=event,
+        )
+    except TemplateError as exc:
+        print(f"template error: {exc}")
+        return False
+    for part, text in parts.items():
+        print(f"--- {part} ---\n{text}")
+    return True
+
+
+# -- send-test ---------------------------------------------------------------------------------
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    config = _load(args, exit_code=1)
+    if isinstance(config, int):
+        return config
+    url = args.url or _local_url(config)
+    event = {"type": args.type, "datasource": args.datasource, "email": args.email,
+             "created": int(time.time())}
+    token = encrypt(config.dataslayer.secret.reveal(), json.dumps(event).encode("utf-8"))
+    try:
+        status, text = asyncio.run(_post(url, {"encrypted_data": token}, config.delivery.timeout))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        print(f"cannot reach {url}: {exc or type(exc).__name__} (is `relay serve` running?)",
+              file=sys.stderr)
+        return 1
+    print(f"{status} {text}")
+    return 0 if 200 <= status < 300 else 1
+
+
+def _local_url(config: Config) -> str:
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - mapping a wildcard bind to loopback
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.server.port}{config.server.path}"
+
+
+async def _post(url: str, body: dict[str, str], timeout: float) -> tuple[int, str]:
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with (
+        aiohttp.ClientSession(timeout=client_timeout) as session,
+        session.post(url, json=body) as response,
+    ):
+        return response.status, (await response.text()).strip()

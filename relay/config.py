@@ -1,0 +1,337 @@
+"""config.toml, parsed once and strictly into frozen objects.
+
+Loading expands ``${VAR}`` / ``${VAR:-default}``, applies defaults, validates every section and
+every sink with its own type's model, and raises one ConfigError listing every problem, each
+named by its TOML path. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from relay.config_errors import problems_from_validation, suggest
+from relay.crypto import DEFAULT_MAX_CLOCK_SKEW, fernet_key
+from relay.errors import ConfigError, Problem
+from relay.secret import Secret
+from relay.sinks import SINK_TYPES, SinkConfig
+
+# Shipped in config.toml so a fresh checkout runs; the relay warns loudly while it is in use.
+DEMO_SECRET = "relay-demo-secret-change-me-0000"
+CONFIG_ENV = "RELAY_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    path: str = "/webhooks/dataslayer"
+    max_body_bytes: int = Field(default=65536, ge=64, le=64 * 1024 * 1024)
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError('must start with "/"')
+        return value
+
+
+class DataslayerConfig(_Section):
+    secret: Secret
+    previous_secrets: tuple[Secret, ...] = ()
+    max_token_age: int = Field(default=86400, ge=0)
+    dedup_window: int = Field(default=86400, ge=0)
+    max_clock_skew: int = Field(default=DEFAULT_MAX_CLOCK_SKEW, ge=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_is_usable(cls, value: Secret) -> Secret:
+        fernet_key(value.reveal())
+        return value
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _previous_are_usable(cls, values: tuple[Secret, ...]) -> tuple[Secret, ...]:
+        for i, value in enumerate(values):
+            try:
+                fernet_key(value.reveal())
+            except ValueError as exc:
+                raise ValueError(f"[{i}] {exc}") from None
+        return values
+
+    @property
+    def all_secrets(self) -> list[str]:
+        return [self.secret.reveal(), *(s.reveal() for s in self.previous_secrets)]
+
+
+class StorageConfig(_Section):
+    path: Path = Path("relay.db")
+
+
+class DeliveryConfig(_Section):
+    max_attempts: int = Field(default=10, ge=1)
+    initial_backoff: float = Field(default=5.0, gt=0)
+    max_backoff: float = Field(default=3600.0, gt=0)
+    timeout: float = Field(default=15.0, gt=0)
+
+
+class TemplatesConfig(_Section):
+    dir: Path = Path("templates")
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f'unknown timezone "{value}" (use an IANA name like "Europe/Madrid")'
+            ) from None
+        return value
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Patterns = Annotated[list[str], BeforeValidator(_one_or_many)]
+
+
+class RouteConfig(_Section):
+    datasource: Patterns = "*"
+    type: Patterns = "*"
+    sinks: list[str] = Field(min_length=1)
+
+
+class FallbackConfig(_Section):
+    sinks: list[str] = []
+
+
+class _RawConfig(_Section):
+    server: ServerConfig = ServerConfig()
+    dataslayer: DataslayerConfig
+    storage: StorageConfig = StorageConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    templates: TemplatesConfig = TemplatesConfig()
+    sinks: dict[str, dict[str, Any]] = {}
+    routes: list[RouteConfig] = []
+    fallback: FallbackConfig = FallbackConfig()
+
+
+@dataclass(frozen=True)
+class Route:
+    datasource: tuple[str, ...]
+    type: tuple[str, ...]
+    sinks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    path: Path
+    server: ServerConfig
+    dataslayer: DataslayerConfig
+    storage: StorageConfig
+    delivery: DeliveryConfig
+    templates: TemplatesConfig
+    sinks: Mapping[str, SinkConfig]
+    routes: tuple[Route, ...]
+    fallback: tuple[str, ...]
+
+    @property
+    def uses_demo_secret(self) -> bool:
+        return DEMO_SECRET in self.dataslayer.all_secrets
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or "config.toml")
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate ``path``; raise ConfigError listing every problem."""
+    path = Path(path)
+    raw = _read_toml(path)
+    problems: list[Problem] = []
+    expanded = expand_env(raw, os.environ if environ is None else environ, problems)
+    unset = list(problems)
+    problems.clear()
+    config = _validate(expanded, path.resolve(), problems)
+    if unset or problems or config is None:
+        raise ConfigError(unset + [p for p in problems if not _follows_from(p, unset)])
+    return config
+
+
+def _follows_from(problem: Problem, unset: list[Problem]) -> bool:
+    """True when ``problem`` is just a consequence of an unset variable at a related path."""
+    return any(
+        u.path == problem.path
+        or u.path.startswith((problem.path + ".", problem.path + "["))
+        or problem.path.startswith((u.path + ".", u.path + "["))
+        for u in unset
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([Problem("", f"config file not found: {path}")]) from None
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read {path}: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem("", f"{path} is not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("", f"{path} is not UTF-8 text")]) from None
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(
+    value: Any, environ: Mapping[str, str], problems: list[Problem], path: str = ""
+) -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string; ``$$`` is a literal ``$``."""
+    if isinstance(value, str):
+        return _expand_string(value, environ, problems, path)
+    if isinstance(value, dict):
+        return {k: expand_env(v, environ, problems, _join(path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, environ, problems, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _expand_string(text: str, environ: Mapping[str, str], problems: list[Problem], path: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        value = environ.get(name)
+        if value:
+            return value
+        if default is not None:
+            return default
+        if value is None:
+            problems.append(Problem(path, f"environment variable {name} is not set"))
+        return ""
+
+    return _VAR.sub(replace, text)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _validate(data: dict[str, Any], path: Path, problems: list[Problem]) -> Config | None:
+    try:
+        raw = _RawConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(problems_from_validation(exc, _RawConfig))
+        _validate_sinks(data.get("sinks"), problems)
+        return None
+    sinks = _validate_sinks(raw.sinks, problems)
+    _check_sink_references(raw, problems)
+    if problems:
+        return None
+    return _build(raw, sinks, path)
+
+
+def _validate_sinks(raw_sinks: Any, problems: list[Problem]) -> dict[str, SinkConfig]:
+    sinks: dict[str, SinkConfig] = {}
+    if not isinstance(raw_sinks, dict):
+        return sinks
+    for name, table in raw_sinks.items():
+        if not isinstance(table, dict):
+            continue  # already reported by the top-level model
+        sink = _validate_sink(name, table, problems)
+        if sink is not None:
+            sinks[name] = sink
+    return sinks
+
+
+def _validate_sink(name: str, table: dict[str, Any], problems: list[Problem]) -> SinkConfig | None:
+    path = f"sinks.{name}"
+    kind = table.get("type")
+    if kind not in SINK_TYPES:
+        known = ", ".join(sorted(SINK_TYPES))
+        if kind is None:
+            problems.append(Problem(f"{path}.type", f"missing; one of: {known}"))
+        else:
+            hint = suggest(str(kind), SINK_TYPES)
+            problems.append(Problem(f"{path}.type", f'unknown sink type "{kind}"{hint}; one of: {known}'))
+        return None
+    model = SINK_TYPES[kind].config_model
+    try:
+        return model.model_validate(table)
+    except ValidationError as exc:
+        problems.extend(problems_from_validation(exc, model, prefix=path))
+        return None
+
+
+def _check_sink_references(raw: _RawConfig, problems: list[Problem]) -> None:
+    lists = [(f"routes[{i}].sinks", r.sinks) for i, r in enumerate(raw.routes)]
+    lists.append(("fallback.sinks", raw.fallback.sinks))
+    for path, names in lists:
+        for j, name in enumerate(names):
+            if name not in raw.sinks:
+                hint = suggest(name, raw.sinks)
+                problems.append(Problem(f"{path}[{j}]", f'unknown sink "{name}"{hint}'))
+
+
+def _build(raw: _RawConfig, sinks: dict[str, SinkConfig], path: Path) -> Config:
+    folder = path.parent
+    return Config(
+        path=path,
+        server=raw.server,
+        dataslayer=raw.dataslayer,
+        storage=raw.storage.model_copy(update={"path": folder / raw.storage.path}),
+        delivery=raw.delivery,
+        templates=raw.templates.model_copy(update={"dir": folder / raw.templates.dir}),
+        sinks=sinks,
+        routes=tuple(
+            Route(_as_tuple(r.datasource), _as_tuple(r.type), tuple(dict.fromkeys(r.sinks)))
+            for r in raw.routes
+        ),
+        fallback=tuple(dict.fromkeys(raw.fallback.sinks)),
+    )
+
+
+def _as_tuple(patterns: list[str]) -> tuple[str, ...]:
+    return tuple(patterns)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Things that work but are probably not what the user wants."""
+    warnings = []
+    if config.uses_demo_secret:
+        warnings.append(
+            "dataslayer.secret: the demo secret is in use; anyone who has read this project's "
+            "README can send you events. Set DATASLAYER_SECRET to the secret from Dataslayer's "
+            "Developers page"
+        )
+    ds = config.dataslayer
+    if ds.max_token_age == 0 or ds.dedup_window < ds.max_token_age:
+        warnings.append(
+            "dataslayer.dedup_window: shorter than max_token_age, so a captured token could be "
+            "replayed after its event is forgotten"
+        )
+    if not config.routes and not config.fallback:
+        warnings.append("routes: no routes and no fallback; events are stored but sent nowhere")
+    for name, sink in config.sinks.items():
+        extra = getattr(sink, "warnings", None)
+        for text in extra() if callable(extra) else []:
+            warnings.append(f"sinks.{name}: {text}")
+    return warnings

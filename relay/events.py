@@ -1,0 +1,109 @@
+"""The Event: a decrypted Dataslayer notification, its stable id, and masking of personal data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import EventError
+
+SAMPLE_EVENT: dict[str, Any] = {
+    "type": "shared_connection",
+    "datasource": "google_ads",
+    "email": "ana.lopez@example.com",
+    "created": 1733240000,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decrypted event. ``data`` holds every field as sent."""
+
+    id: str
+    data: dict[str, Any]
+    received_at: float
+
+    @property
+    def type(self) -> str:
+        return str(self.data["type"])
+
+    @property
+    def datasource(self) -> str | None:
+        return _text_or_none(self.data.get("datasource"))
+
+    @property
+    def email(self) -> str | None:
+        return _text_or_none(self.data.get("email"))
+
+    @property
+    def created(self) -> Any:
+        return self.data.get("created")
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.data)
+
+    def describe(self, show_personal_data: bool = False) -> str:
+        """A log-friendly one-liner; the email is masked unless asked."""
+        email = self.email if show_personal_data else mask_email(self.email)
+        return f"event {self.id} type={self.type} datasource={self.datasource} email={email}"
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def canonical_json(data: Any) -> str:
+    """Key-sorted, compact, UTF-8 JSON: the same data always gives the same text."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_id(data: dict[str, Any]) -> str:
+    """Stable id of an event: a hash of its canonical JSON, whatever token carried it."""
+    return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()[:32]
+
+
+def parse_event(plaintext: bytes, received_at: float) -> Event:
+    """Parse decrypted plaintext into an Event, or raise EventError saying why it is not one."""
+    try:
+        data = json.loads(plaintext.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise EventError("decrypted content is not UTF-8 text") from exc
+    except ValueError as exc:
+        raise EventError("decrypted content is not JSON") from exc
+    return event_from_dict(data, received_at)
+
+
+def event_from_dict(data: Any, received_at: float) -> Event:
+    if not isinstance(data, dict):
+        raise EventError(f"decrypted JSON is {_json_kind(data)}, not an object")
+    if not isinstance(data.get("type"), str) or not data["type"]:
+        raise EventError('decrypted object has no string "type"')
+    return Event(id=event_id(data), data=data, received_at=received_at)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+_EMAIL = re.compile(r"([^\s@<>\"']+)@([^\s@<>\"']+)")
+
+
+def mask_email(email: str | None) -> str:
+    """``ana@example.com`` -> ``a***@example.com``; keeps the domain for support."""
+    if not email:
+        return str(email)
+    local, sep, domain = email.partition("@")
+    if not sep:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_emails_in(text: str) -> str:
+    """Mask every email address inside free text."""
+    return _EMAIL.sub(lambda m: mask_email(m.group(0)), text)

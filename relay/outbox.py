@@ -1,0 +1,283 @@
+"""The durable outbox: events and their deliveries in SQLite (WAL, synchronous=FULL).
+
+Accepting an event commits it and one delivery per routed sink before the caller answers 200.
+Accepts that arrive together share one transaction and one fsync (group commit). All SQLite work
+runs on one dedicated thread, so the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from relay.errors import StorageError
+from relay.events import Event
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    datasource TEXT,
+    payload TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+    sink TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'retrying', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_error TEXT,
+    last_reason TEXT,
+    last_status INTEGER
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (sink, next_attempt_at)
+    WHERE status IN ('pending', 'retrying');
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    status_code INTEGER,
+    duration REAL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts (delivery_id);
+"""
+
+ACTIVE = ("pending", "retrying")
+
+
+@dataclass(frozen=True)
+class Due:
+    """A delivery whose time has come."""
+
+    id: int
+    sink: str
+    attempts: int
+    event: Event
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt ended as; written with the delivery's new state."""
+
+    outcome: str  # delivered | retry | dead
+    duration: float
+    reason: str | None = None
+    status_code: int | None = None
+    error: str | None = None
+    next_attempt_at: float | None = None
+
+
+@dataclass
+class _Pending:
+    event: Event
+    sinks: Sequence[str]
+    dedup_window: float
+    future: asyncio.Future[bool]
+
+
+class Outbox:
+    """Async facade over the SQLite file; open with ``await Outbox.open(path)``."""
+
+    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        self._conn = conn
+        self._executor = executor
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, path: Path) -> Outbox:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, _connect, path)
+        except (sqlite3.Error, OSError) as exc:
+            executor.shutdown(wait=False)
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+        return cls(conn, executor)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        await self._run(self._conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StorageError(f"database error: {exc}") from exc
+
+    # -- accepting -----------------------------------------------------------------------------
+
+    async def accept(self, event: Event, sinks: Sequence[str], dedup_window: float) -> bool:
+        """Store ``event`` with a delivery per sink; False if it is a duplicate inside the window.
+
+        Returns only after the transaction is committed to disk.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(event, sinks, dedup_window, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self._run(_accept_batch, self._conn, batch)
+                except StorageError as exc:
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, accepted in zip(batch, results, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(accepted)
+        finally:
+            self._flusher = None
+
+    # -- delivering ----------------------------------------------------------------------------
+
+    async def due(self, now: float, capacity: dict[str, int], exclude: set[int]) -> list[Due]:
+        """Due deliveries, at most ``capacity[sink]`` per sink, skipping ids in ``exclude``."""
+        return await self._run(_due, self._conn, now, capacity, frozenset(exclude))
+
+    async def next_due_at(self, sinks: Sequence[str]) -> float | None:
+        return await self._run(_next_due_at, self._conn, tuple(sinks))
+
+    async def record(self, delivery_id: int, outcome: Outcome, now: float) -> None:
+        await self._run(_record, self._conn, delivery_id, outcome, now)
+
+    async def counts(self) -> dict[str, int]:
+        return await self._run(_counts, self._conn)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+def _accept_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[bool]:
+    results = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for item in batch:
+            results.append(_accept_one(conn, item))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _accept_one(conn: sqlite3.Connection, item: _Pending) -> bool:
+    event, now = item.event, item.event.received_at
+    row = conn.execute("SELECT received_at FROM events WHERE id = ?", (event.id,)).fetchone()
+    if row is not None and row[0] > now - item.dedup_window:
+        return False
+    conn.execute(
+        "INSERT INTO events (id, type, datasource, payload, received_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET received_at = excluded.received_at",
+        (event.id, event.type, event.datasource, event.canonical_json(), now),
+    )
+    conn.executemany(
+        "INSERT INTO deliveries (event_id, sink, status, next_attempt_at, created_at, updated_at)"
+        " VALUES (?, ?, 'pending', ?, ?, ?)",
+        [(event.id, sink, now, now, now) for sink in item.sinks],
+    )
+    return True
+
+
+_DUE_SQL = """
+SELECT d.id, d.sink, d.attempts, e.id, e.payload, e.received_at
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.sink = ? AND d.status IN ('pending', 'retrying') AND d.next_attempt_at <= ?
+ORDER BY d.next_attempt_at, d.id
+LIMIT ?
+"""
+
+
+def _due(
+    conn: sqlite3.Connection, now: float, capacity: dict[str, int], exclude: frozenset[int]
+) -> list[Due]:
+    found: list[Due] = []
+    for sink, room in capacity.items():
+        if room <= 0:
+            continue
+        rows = conn.execute(_DUE_SQL, (sink, now, room + len(exclude))).fetchall()
+        picked = [r for r in rows if r[0] not in exclude][:room]
+        found.extend(_due_from_row(r) for r in picked)
+    return found
+
+
+def _due_from_row(row: tuple[Any, ...]) -> Due:
+    delivery_id, sink, attempts, event_id, payload, received_at = row
+    event = Event(id=event_id, data=json.loads(payload), received_at=received_at)
+    return Due(id=delivery_id, sink=sink, attempts=attempts, event=event)
+
+
+def _next_due_at(conn: sqlite3.Connection, sinks: tuple[str, ...]) -> float | None:
+    if not sinks:
+        return None
+    marks = ",".join("?" * len(sinks))
+    row = conn.execute(
+        "SELECT MIN(next_attempt_at) FROM deliveries"
+        f" WHERE status IN ('pending', 'retrying') AND sink IN ({marks})",  # noqa: S608 - only "?" marks
+        sinks,
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+_STATUS_FOR = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}
+
+
+def _record(conn: sqlite3.Connection, delivery_id: int, o: Outcome, now: float) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?,"
+            " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?, last_reason = ?,"
+            " last_status = ? WHERE id = ?",
+            (_STATUS_FOR[o.outcome], now, o.next_attempt_at, o.error, o.reason, o.status_code,
+             delivery_id),
+        )
+        conn.execute(
+            "INSERT INTO attempts (delivery_id, at, outcome, reason, status_code, duration, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (delivery_id, now, o.outcome, o.reason, o.status_code, o.duration, o.error),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _counts(conn: sqlite3.Connection) -> dict[str, int]:
+    counts = dict.fromkeys(("pending", "retrying", "delivered", "dead"), 0)
+    for status, n in conn.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status"):
+        counts[status] = n
+    return counts

@@ -1,0 +1,182 @@
+"""HTTP in: the aiohttp app, its inbound webhook handler, and the lifecycle of its resources.
+
+``create_app(config)`` returns the app; storage, the HTTP session, sinks and the worker live in
+``cleanup_ctx`` so they start with the app and stop with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TextIO
+from urllib.parse import parse_qs
+
+import aiohttp
+from aiohttp import web
+
+from relay.clock import Clock, SystemClock
+from relay.config import Config
+from relay.crypto import TokenVerifier
+from relay.errors import EventError, StorageError, TokenError
+from relay.ingest import Ingest
+from relay.outbox import Outbox
+from relay.render import Renderer
+from relay.routing import Router
+from relay.sinks import Sink, SinkContext, build_sinks
+from relay.worker import Worker
+
+log = logging.getLogger("relay.server")
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
+STDOUT = web.AppKey("stdout", TextIO)
+RUN_WORKER = web.AppKey("run_worker", bool)
+RENDERER = web.AppKey("renderer", Renderer)
+OUTBOX = web.AppKey("outbox", Outbox)
+SINKS = web.AppKey("sinks", dict[str, Sink])
+WORKER = web.AppKey("worker", Worker)
+INGEST = web.AppKey("ingest", Ingest)
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    stdout: TextIO | None = None,
+    run_worker: bool = True,
+) -> web.Application:
+    """The relay as an aiohttp app. With ``run_worker=False`` tests drive ``app[WORKER].drain()``."""
+    # aiohttp refuses a body whose size reaches client_max_size, so allow exactly max_body_bytes.
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes + 1, middlewares=[json_errors]
+    )
+    app[CONFIG] = config
+    app[CLOCK] = clock or SystemClock()
+    app[STDOUT] = stdout or sys.stdout
+    app[RUN_WORKER] = run_worker
+    app[RENDERER] = Renderer(config.templates.dir, config.templates.timezone)
+    app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(_delivery)
+    app.router.add_post(config.server.path, handle_webhook)
+    app.router.add_get("/healthz", handle_health)
+    return app
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    outbox = await Outbox.open(config.storage.path)
+    app[OUTBOX] = outbox
+    yield
+    await outbox.close()
+
+
+async def _delivery(app: web.Application) -> AsyncIterator[None]:
+    config, clock = app[CONFIG], app[CLOCK]
+    connector = aiohttp.TCPConnector(limit=100, limit_per_host=20)
+    async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
+        context = SinkContext(http=http, timeout=config.delivery.timeout, stdout=app[STDOUT])
+        sinks = build_sinks(config.sinks, context)
+        worker = Worker(app[OUTBOX], sinks, app[RENDERER], config.delivery, clock)
+        app[SINKS], app[WORKER] = sinks, worker
+        app[INGEST] = Ingest(
+            TokenVerifier(
+                config.dataslayer.all_secrets,
+                config.dataslayer.max_token_age,
+                config.dataslayer.max_clock_skew,
+            ),
+            Router(config.routes, config.fallback),
+            app[OUTBOX],
+            clock,
+            config.dataslayer.dedup_window,
+            on_stored=worker.notify,
+        )
+        task = asyncio.create_task(worker.run()) if app[RUN_WORKER] else None
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for sink in sinks.values():
+            await sink.close()
+
+
+def answer(http_status: int, /, **body: Any) -> web.Response:
+    return web.json_response(body, status=http_status)
+
+
+async def handle_webhook(request: web.Request) -> web.Response:
+    limit = request.app[CONFIG].server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return answer(413, error="too_large")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return answer(413, error="too_large")
+    token = _token_from(body, request.content_type)
+    if isinstance(token, web.Response):
+        return token
+    return await _receive(request, token)
+
+
+async def _receive(request: web.Request, token: str) -> web.Response:
+    try:
+        receipt = await request.app[INGEST].receive(token)
+    except TokenError as exc:
+        log.warning("refused a token from %s: %s", request.remote, exc)
+        return answer(401, error="invalid_token", detail=str(exc))
+    except EventError as exc:
+        log.warning("refused an event from %s: %s", request.remote, exc)
+        return answer(422, error="invalid_event", detail=str(exc))
+    except StorageError as exc:
+        log.error("could not store an event, answering 503: %s", exc)
+        return answer(503, error="unavailable")
+    return answer(200, status=receipt.status, id=receipt.id)
+
+
+def _token_from(body: bytes, content_type: str) -> str | web.Response:
+    if content_type == "application/x-www-form-urlencoded":
+        return _token_from_form(body)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return answer(400, error="bad_request", detail="body is not JSON")
+    if not isinstance(data, dict):
+        return answer(400, error="bad_request", detail="body is not a JSON object")
+    token = data.get("encrypted_data")
+    if not isinstance(token, str):
+        return answer(400, error="bad_request", detail='no string "encrypted_data" in the body')
+    return token
+
+
+def _token_from_form(body: bytes) -> str | web.Response:
+    try:
+        fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return answer(400, error="bad_request", detail="form body is not UTF-8")
+    values = fields.get("encrypted_data")
+    if not values:
+        return answer(400, error="bad_request", detail='no "encrypted_data" field in the form')
+    return values[0]
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return answer(200, status="ok")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own errors (404, 405, ...) answered as JSON, like every other answer."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        slug = (exc.reason or "error").lower().replace(" ", "_")
+        return answer(exc.status, error=slug)

@@ -1,0 +1,102 @@
+"""The sink interface: what every sink type provides, and the pieces they share.
+
+A sink turns rendered template parts into one message at its receiver. ``send()`` returns on
+success and raises :class:`~relay.errors.RetryableError` or :class:`~relay.errors.PermanentError`
+otherwise, so the worker always knows whether a retry can help.
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TextIO
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.events import Event
+
+
+class SinkConfig(BaseModel):
+    """Keys every sink accepts; each sink type extends this with its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    template: str | None = Field(
+        default=None, description="use templates/NAME/ instead of the event type's folder"
+    )
+    timeout: float | None = Field(
+        default=None, gt=0, description="seconds per attempt; default [delivery].timeout"
+    )
+
+
+@dataclass(frozen=True)
+class Part:
+    """One template part a sink renders.
+
+    ``escape`` names how values interpolated from the event are escaped (see relay.render):
+    ``"slack"``, ``"slack_json"``, ``"html"``, ``"json"``, ``"header"`` or ``"none"``.
+    ``json`` parts must render to valid JSON.
+    """
+
+    name: str
+    required: bool
+    escape: str
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Message:
+    """What a sink sends: the rendered parts of one delivery of one event."""
+
+    event: Event
+    sink: str
+    parts: Mapping[str, str]
+    delivery_id: int = 0
+    attempt: int = 1
+
+    @property
+    def idempotency_key(self) -> str:
+        """The same on every attempt of this event to this sink: receivers can drop repeats."""
+        return f"{self.event.id}.{self.sink}"
+
+
+@dataclass
+class SinkContext:
+    """What the relay lends to sinks: the shared HTTP session, default timeout, output stream."""
+
+    http: aiohttp.ClientSession | None = None
+    timeout: float = 15.0
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+class Sink(ABC):
+    """A configured destination. Subclasses set ``type``, ``config_model`` and ``parts``."""
+
+    type: ClassVar[str]
+    config_model: ClassVar[type[SinkConfig]]
+    parts: ClassVar[tuple[Part, ...]]
+
+    def __init__(self, name: str, config: Any, context: SinkContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+
+    @property
+    def timeout(self) -> float:
+        configured: float | None = self.config.timeout
+        return configured if configured is not None else self.context.timeout
+
+    @abstractmethod
+    async def send(self, message: Message) -> None:
+        """Deliver ``message``; raise RetryableError or PermanentError when it was not accepted."""
+
+    async def close(self) -> None:  # noqa: B027 - most sinks hold nothing to release
+        """Release what the sink holds (connections); called once at shutdown."""
+
+    def describe(self) -> str:
+        """Where this sink sends, without credentials, for logs and ``relay check``."""
+        return self.type

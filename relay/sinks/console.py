@@ -1,0 +1,25 @@
+"""Console sink: prints what it would send. The shipped config uses it, so a fresh checkout works."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from relay.sinks.base import Message, Part, Sink, SinkConfig
+
+
+class ConsoleConfig(SinkConfig):
+    type: Literal["console"] = "console"
+
+
+class ConsoleSink(Sink):
+    type = "console"
+    config_model = ConsoleConfig
+    parts = (Part("text", required=True, escape="none"),)
+
+    async def send(self, message: Message) -> None:
+        out = self.context.stdout
+        out.write(f"--- {self.name} | event {message.event.id} ---\n{message.parts['text']}\n")
+        out.flush()
+
+    def describe(self) -> str:
+        return "console (standard output)"

@@ -1,0 +1,184 @@
+"""config.toml: strict, every problem at once, each named by its TOML path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import DEMO_SECRET, config_warnings, load_config
+from relay.errors import ConfigError
+from tests.helpers import SECRET, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _problems(tmp_path, body, environ=None, secret=SECRET):
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, body, secret=secret), environ=environ or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_shipped_config_loads_without_any_environment():
+    """The shipped config.toml runs on a fresh machine: console sink, demo secret."""
+    config = load_config(ROOT / "config.toml", environ={})
+    assert config.dataslayer.secret.reveal() == DEMO_SECRET
+    assert config.uses_demo_secret
+    assert {s.type for s in config.sinks.values()} == {"console"}
+    assert any("demo secret" in w for w in config_warnings(config))
+
+
+def test_defaults_are_applied_and_paths_resolve_against_the_config_folder(tmp_path):
+    """A minimal config gets the documented defaults; relative paths are next to the file."""
+    config = load_config(write_config(tmp_path, ""), environ={})
+    assert config.server.port == 8080
+    assert config.server.path == "/webhooks/dataslayer"
+    assert config.server.max_body_bytes == 65536
+    assert config.delivery.max_attempts == 10
+    assert config.storage.path == tmp_path / "relay.db"
+    assert config.templates.dir == tmp_path / "templates"
+
+
+def test_misspelt_key_names_its_path_and_suggests_the_right_one(tmp_path):
+    """A typo in a sink key is one problem naming sinks.NAME.KEY with a did-you-mean."""
+    body = """
+    [sinks.team-slack]
+    type = "slack"
+    token = "xoxb-1"
+    chanel = "#x"
+    """
+    problems = _problems(tmp_path, body)
+    assert 'sinks.team-slack.chanel: unknown key (did you mean "channel"?)' in problems
+
+
+def test_misspelt_section_key_is_reported(tmp_path):
+    """Unknown keys in a section name the section and suggest the key."""
+    problems = _problems(tmp_path, "[server]\nprot = 9000\n")
+    assert problems == ['server.prot: unknown key (did you mean "port"?)']
+
+
+def test_wrong_type_names_the_path_and_the_type(tmp_path):
+    """A string where a number belongs names the key and what was found."""
+    problems = _problems(tmp_path, '[delivery]\nmax_attempts = "many"\n')
+    assert len(problems) == 1
+    assert problems[0].startswith("delivery.max_attempts: input should be a valid integer")
+
+
+def test_unknown_sink_in_a_route_names_the_route(tmp_path):
+    """A route naming a sink that does not exist points at the route entry."""
+    body = """
+    [sinks.stdout]
+    type = "console"
+    [[routes]]
+    sinks = ["stdout", "stdot"]
+    [fallback]
+    sinks = ["nope"]
+    """
+    problems = _problems(tmp_path, body)
+    assert 'routes[0].sinks[1]: unknown sink "stdot" (did you mean "stdout"?)' in problems
+    assert 'fallback.sinks[0]: unknown sink "nope"' in problems
+
+
+def test_unset_variable_names_the_key_and_the_variable(tmp_path):
+    """${NAME} without a default and without the variable is an error naming both."""
+    body = """
+    [sinks.s]
+    type = "slack"
+    webhook_url = "${SLACK_WEBHOOK_URL}"
+    """
+    problems = _problems(tmp_path, body)
+    assert problems == ["sinks.s.webhook_url: environment variable SLACK_WEBHOOK_URL is not set"]
+
+
+def test_variables_expand_with_defaults_and_dollar_escapes(tmp_path):
+    """${X} reads the environment, ${X:-d} defaults, $$ is a literal dollar."""
+    body = """
+    [server]
+    host = "${HOST:-0.0.0.0}"
+    path = "/hook/${ID}/$$x"
+    """
+    config = load_config(write_config(tmp_path, body), environ={"ID": "42"})
+    assert config.server.host == "0.0.0.0"
+    assert config.server.path == "/hook/42/$x"
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    """Several mistakes give several problems in one error."""
+    body = """
+    [server]
+    port = "x"
+    [sinks.a]
+    type = "slak"
+    [[routes]]
+    sinks = []
+    """
+    problems = _problems(tmp_path, body)
+    assert any(p.startswith("server.port:") for p in problems)
+    assert any(p.startswith('sinks.a.type: unknown sink type "slak" (did you mean "slack"?)')
+               for p in problems)
+    assert any(p.startswith("routes[0].sinks:") for p in problems)
+
+
+def test_bad_secret_is_an_error_that_does_not_print_it(tmp_path):
+    """A secret of the wrong length is refused at load, and the message omits it."""
+    problems = _problems(tmp_path, "", secret="too-short-secret")
+    assert len(problems) == 1
+    assert problems[0].startswith("dataslayer.secret: is 16 bytes long")
+    assert "too-short-secret" not in problems[0]
+
+
+def test_missing_secret_is_required(tmp_path):
+    """A config without [dataslayer].secret says it is missing."""
+    path = tmp_path / "config.toml"
+    path.write_text("[server]\nport = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert [str(p) for p in info.value.problems] == ["dataslayer: missing (required)"]
+
+
+def test_invalid_toml_and_missing_file_are_clear(tmp_path):
+    """Syntax errors give the line; a missing file says so."""
+    path = tmp_path / "config.toml"
+    path.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML.*line 1"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_unknown_timezone_is_an_error(tmp_path):
+    """An unknown timezone names the key and shows an example."""
+    problems = _problems(tmp_path, '[templates]\ntimezone = "Mars/Olympus"\n')
+    assert problems == [
+        'templates.timezone: unknown timezone "Mars/Olympus" (use an IANA name like "Europe/Madrid")'
+    ]
+
+
+def test_secrets_never_show_in_reprs(tmp_path):
+    """The config object's repr shows <secret>, never the value."""
+    body = """
+    [sinks.s]
+    type = "slack"
+    webhook_url = "https://hooks.slack.com/services/T/B/very-secret-path"
+    """
+    config = load_config(write_config(tmp_path, body), environ={})
+    text = repr(config)
+    assert SECRET not in text
+    assert "very-secret-path" not in text
+    assert "<secret>" in text
+
+
+def test_route_patterns_accept_a_string_or_a_list(tmp_path):
+    """datasource and type take one pattern or several; sinks are deduplicated."""
+    body = """
+    [sinks.a]
+    type = "console"
+    [[routes]]
+    datasource = "google_*"
+    type = ["shared_connection", "x"]
+    sinks = ["a", "a"]
+    """
+    route = load_config(write_config(tmp_path, body), environ={}).routes[0]
+    assert route.datasource == ("google_*",)
+    assert route.type == ("shared_connection", "x")
+    assert route.sinks == ("a",)
