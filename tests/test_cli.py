@@ -1,0 +1,157 @@
+"""The relay command: check, preview, send-test and serve, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.cli import main
+from tests.helpers import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_relay(*args, stdin=None, timeout=30):
+    env = {**os.environ, "DATASLAYER_SECRET": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args], capture_output=True, text=True, input=stdin,
+        timeout=timeout, env=env, cwd=ROOT,
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_check_passes_on_the_shipped_config(capsys):
+    """relay check exits 0 on config.toml and warns about the demo secret."""
+    assert main(["check", "-c", str(ROOT / "config.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "ok:" in out
+    assert "demo secret" in out
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('[server]\nprot = 1\n', 'server.prot: unknown key (did you mean "port"?)'),
+        ('[delivery]\ntimeout = "x"\n', "delivery.timeout: input should be a valid number"),
+        ('[[routes]]\nsinks = ["ghost"]\n', 'routes[0].sinks[0]: unknown sink "ghost"'),
+        (
+            '[sinks.s]\ntype = "slack"\nwebhook_url = "${NOT_SET_ANYWHERE}"\n',
+            "sinks.s.webhook_url: environment variable NOT_SET_ANYWHERE is not set",
+        ),
+    ],
+    ids=["misspelt", "wrong-type", "unknown-sink", "unset-variable"],
+)
+def test_check_fails_with_one_line_per_problem(tmp_path, capsys, body, expected):
+    """Each broken config makes check exit 1 and print the problem with its path."""
+    assert main(["check", "-c", str(write_config(tmp_path, body))]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    problems = [line for line in lines if not line.startswith("warning:")]
+    assert len(problems) == 1
+    assert problems[0].startswith(expected)
+
+
+def test_check_reports_a_broken_template_with_its_line(tmp_path, capsys):
+    """A user template with an undefined name fails check with template name and line."""
+    folder = tmp_path / "templates" / "shared_connection"
+    folder.mkdir(parents=True)
+    (folder / "console.text.j2").write_text("Hello\n{{ nobody }}\n")
+    config = write_config(tmp_path, '[sinks.out]\ntype = "console"\n')
+    assert main(["check", "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "sinks.out:" in out
+    assert "shared_connection/console.text.j2, line 2" in out
+    assert "nobody" in out
+
+
+def test_preview_prints_what_each_routed_sink_would_send(capsys):
+    """preview renders the sample event for the shipped console sink, sending nothing."""
+    assert main(["preview", "-c", str(ROOT / "config.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "=== stdout (console) ===" in out
+    assert "ana.lopez@example.com" in out
+    assert "Google Ads" in out
+
+
+def test_preview_reads_an_event_from_stdin():
+    """preview - reads the event JSON from standard input."""
+    event = '{"type": "shared_connection", "datasource": "ga4", "email": "z@example.com"}'
+    result = run_relay("preview", "-c", "config.toml", "-", stdin=event)
+    assert result.returncode == 0, result.stderr
+    assert "Google Analytics 4" in result.stdout
+    assert "z@example.com" in result.stdout
+
+
+def test_preview_of_a_non_event_is_a_clear_error(tmp_path):
+    """A file that is not an event object is refused with a reason, not a traceback."""
+    path = tmp_path / "event.json"
+    path.write_text("[1, 2]")
+    result = run_relay("preview", "-c", "config.toml", str(path))
+    assert result.returncode == 1
+    assert "not an object" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_exits_2_on_an_invalid_config(tmp_path):
+    """serve refuses a broken config with exit code 2 and every problem listed."""
+    config = write_config(tmp_path, "[server]\nport = 99999\nhots = 1\n")
+    result = run_relay("serve", "-c", str(config))
+    assert result.returncode == 2
+    assert "server.port" in result.stderr
+    assert "server.hots" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_send_test_reaches_serve_and_the_console_shows_the_message(tmp_path):
+    """The README flow: serve the shipped-style config, send-test, see the message printed."""
+    port = free_port()
+    config = tmp_path / "config.toml"
+    shipped = (ROOT / "config.toml").read_text()
+    config.write_text(shipped.replace("port = 8080", f"port = {port}"))
+    env = {**os.environ, "DATASLAYER_SECRET": ""}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        result = _send_test_when_up(config)
+        assert result.returncode == 0, result.stderr
+        assert '"status": "accepted"' in result.stdout
+        _wait_until_delivered(tmp_path / "relay.db")
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=20)
+    assert "New data source connected" in out
+    assert "test.client@example.com" in out
+    assert "demo secret" in err
+    assert "test.client@example.com" not in err  # logs mask personal data
+
+
+def _wait_until_delivered(db, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as conn:
+            row = conn.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'")
+            if row.fetchone()[0]:
+                return
+        time.sleep(0.1)
+
+
+def _send_test_when_up(config):
+    deadline = time.monotonic() + 15
+    while True:
+        result = run_relay("send-test", "-c", str(config), timeout=15)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
