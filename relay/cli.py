@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="relay", description="Relays Dataslayer's encrypted webhooks to Slack, email and webhooks."
+        prog="relay",
+        description="Relays Dataslayer's encrypted webhooks to Slack, email and webhooks.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -47,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
-            "-c", "--config", type=Path, default=None,
+            "-c",
+            "--config",
+            type=Path,
+            default=None,
             help="config file (default: $RELAY_CONFIG, else ./config.toml)",
         )
         sub.set_defaults(func=func)
@@ -55,10 +59,14 @@ def _parser() -> argparse.ArgumentParser:
 
     command("serve", cmd_serve, "run the relay")
     command("check", cmd_check, "validate the config, secrets and every template")
-    preview = command("preview", cmd_preview, "print what each routed sink would send; sends nothing")
+    preview = command(
+        "preview", cmd_preview, "print what each routed sink would send; sends nothing"
+    )
     preview.add_argument("--sink", help="only this sink (routed or not)")
     preview.add_argument("event", nargs="?", help="event JSON file, or - for standard input")
-    send = command("send-test", cmd_send_test, "encrypt a test event as Dataslayer does and POST it")
+    send = command(
+        "send-test", cmd_send_test, "encrypt a test event as Dataslayer does and POST it"
+    )
     send.add_argument("--url", help="default: the [server] address and path")
     send.add_argument("--datasource", default="google_ads")
     send.add_argument("--email", default="test.client@example.com")
@@ -96,10 +104,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sinks = ", ".join(f"{n} ({c.type})" for n, c in config.sinks.items()) or "none"
     try:
         web.run_app(
-            create_app(config), host=s.host, port=s.port, access_log=None,
+            create_app(config),
+            host=s.host,
+            port=s.port,
+            access_log=None,
             print=lambda _: log.info(
                 "relay %s listening on http://%s:%d%s; sinks: %s",
-                __version__, s.host, s.port, s.path, sinks,
+                __version__,
+                s.host,
+                s.port,
+                s.path,
+                sinks,
             ),
         )
     except OSError as exc:
@@ -130,8 +145,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(problem)
         return 1
     problems = _template_problems(config)
-    for problem in problems:
-        print(problem)
+    for text in problems:
+        print(text)
     for warning in config_warnings(config):
         print(f"warning: {warning}")
     if problems:
@@ -150,7 +165,10 @@ def _template_problems(config: Config) -> list[str]:
     for name, sink in config.sinks.items():
         parts = SINK_TYPES[sink.type].parts
         for p in renderer.check_sink(
-            sink_name=name, sink_type=sink.type, parts=parts, template=sink.template,
+            sink_name=name,
+            sink_type=sink.type,
+            parts=parts,
+            template=sink.template,
             event_types=types,
         ):
             problems.append(f"sinks.{name}: {p}")
@@ -214,8 +232,11 @@ def _preview_one(renderer: Renderer, config: Config, name: str, event: Event) ->
     print(f"=== {name} ({sink.type}) ===")
     try:
         parts = renderer.render(
-            sink_name=name, sink_type=sink.type, parts=SINK_TYPES[sink.type].parts,
-            template=sink.template, event=event,
+            sink_name=name,
+            sink_type=sink.type,
+            parts=SINK_TYPES[sink.type].parts,
+            template=sink.template,
+            event=event,
         )
     except TemplateError as exc:
         print(f"template error: {exc}")
@@ -233,14 +254,20 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     url = args.url or _local_url(config)
-    event = {"type": args.type, "datasource": args.datasource, "email": args.email,
-             "created": int(time.time())}
+    event = {
+        "type": args.type,
+        "datasource": args.datasource,
+        "email": args.email,
+        "created": int(time.time()),
+    }
     token = encrypt(config.dataslayer.secret.reveal(), json.dumps(event).encode("utf-8"))
     try:
         status, text = asyncio.run(_post(url, {"encrypted_data": token}, config.delivery.timeout))
     except (aiohttp.ClientError, TimeoutError) as exc:
-        print(f"cannot reach {url}: {exc or type(exc).__name__} (is `relay serve` running?)",
-              file=sys.stderr)
+        print(
+            f"cannot reach {url}: {exc or type(exc).__name__} (is `relay serve` running?)",
+            file=sys.stderr,
+        )
         return 1
     print(f"{status} {text}")
     return 0 if 200 <= status < 300 else 1
@@ -255,8 +282,8 @@ def _local_url(config: Config) -> str:
     return f"http://{host}:{config.server.port}{config.server.path}"
 
 
-async def _post(url: str, body: dict[str, str], timeout: float) -> tuple[int, str]:
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
+async def _post(url: str, body: dict[str, str], seconds: float) -> tuple[int, str]:
+    client_timeout = aiohttp.ClientTimeout(total=seconds)
     async with (
         aiohttp.ClientSession(timeout=client_timeout) as session,
         session.post(url, json=body) as response,

@@ -25,12 +25,12 @@ from relay.secret import Secret
 from relay.sinks import SINK_TYPES, SinkConfig
 
 # Shipped in config.toml so a fresh checkout runs; the relay warns loudly while it is in use.
-DEMO_SECRET = "relay-demo-secret-change-me-0000"
+DEMO_SECRET = "relay-demo-secret-change-me-0000"  # noqa: S105 - public on purpose, warned about
 CONFIG_ENV = "RELAY_CONFIG"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class ServerConfig(_Section):
@@ -110,8 +110,8 @@ Patterns = Annotated[list[str], BeforeValidator(_one_or_many)]
 
 
 class RouteConfig(_Section):
-    datasource: Patterns = "*"
-    type: Patterns = "*"
+    datasource: Patterns = ["*"]
+    type: Patterns = ["*"]
     sinks: list[str] = Field(min_length=1)
 
 
@@ -214,7 +214,9 @@ def expand_env(
     return value
 
 
-def _expand_string(text: str, environ: Mapping[str, str], problems: list[Problem], path: str) -> str:
+def _expand_string(
+    text: str, environ: Mapping[str, str], problems: list[Problem], path: str
+) -> str:
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -271,7 +273,9 @@ def _validate_sink(name: str, table: dict[str, Any], problems: list[Problem]) ->
             problems.append(Problem(f"{path}.type", f"missing; one of: {known}"))
         else:
             hint = suggest(str(kind), SINK_TYPES)
-            problems.append(Problem(f"{path}.type", f'unknown sink type "{kind}"{hint}; one of: {known}'))
+            problems.append(
+                Problem(f"{path}.type", f'unknown sink type "{kind}"{hint}; one of: {known}')
+            )
         return None
     model = SINK_TYPES[kind].config_model
     try:

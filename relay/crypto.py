@@ -15,7 +15,9 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from relay.errors import TokenError
 
-DEFAULT_MAX_CLOCK_SKEW = 60  # seconds a token may come from the future (the sender's clock may run fast)
+DEFAULT_MAX_CLOCK_SKEW = (
+    60  # seconds a token may come from the future (the sender's clock may run fast)
+)
 
 _B64_ALPHABET = frozenset(string.ascii_letters + string.digits + "+/-_=")
 
@@ -42,7 +44,8 @@ def fernet_key(secret: str) -> bytes:
 def _fernet_key_from_b64(secret: str) -> bytes:
     if not set(secret) <= _B64_ALPHABET:
         raise ValueError(
-            "is 44 characters but not base64 (only A-Z a-z 0-9 + / - _ = are allowed in a Fernet key)"
+            "is 44 characters but not base64 "
+            "(only A-Z a-z 0-9 + / - _ = are allowed in a Fernet key)"
         )
     try:
         raw = base64.urlsafe_b64decode(secret.replace("+", "-").replace("/", "_"))

@@ -4,7 +4,7 @@
 
     RelayError
     ├── ConfigError            the config file is wrong; carries every problem found
-    ├── TokenError             an inbound token fails verification or is outside its allowed age (401)
+    ├── TokenError             an inbound token fails verification or is too old (401)
     ├── EventError             decrypted, but not an event object (422)
     ├── StorageError           the outbox could not store or read (503)
     ├── TemplateError          a template does not compile or render; names the template and line

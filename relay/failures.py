@@ -15,7 +15,9 @@ import aiohttp
 
 from relay.errors import DeliveryError, PermanentError, RetryableError
 
-MAX_RETRY_AFTER = 24 * 3600.0  # a receiver asking for more than a day is treated as asking for a day
+MAX_RETRY_AFTER = (
+    24 * 3600.0
+)  # a receiver asking for more than a day is treated as asking for a day
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -44,7 +46,9 @@ def classify_status(
         return None
     message = f"HTTP {status}" + (f": {detail}" if detail else "")
     if status == 429:
-        return RetryableError(message, reason="rate_limited", status=status, retry_after=retry_after)
+        return RetryableError(
+            message, reason="rate_limited", status=status, retry_after=retry_after
+        )
     if status == 408:
         return RetryableError(message, reason="timeout", status=status, retry_after=retry_after)
     if status >= 500:

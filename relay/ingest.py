@@ -56,7 +56,9 @@ class Ingest:
             return Receipt("duplicate", event.id)
         self._on_stored()
         if verified.key_index:
-            log.info("event %s was made with previous_secrets[%d]", event.id, verified.key_index - 1)
+            log.info(
+                "event %s was made with previous_secrets[%d]", event.id, verified.key_index - 1
+            )
         if sinks:
             log.info("accepted %s -> %s", described, ", ".join(sinks))
         else:

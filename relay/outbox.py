@@ -244,11 +244,12 @@ def _next_due_at(conn: sqlite3.Connection, sinks: tuple[str, ...]) -> float | No
     if not sinks:
         return None
     marks = ",".join("?" * len(sinks))
-    row = conn.execute(
-        "SELECT MIN(next_attempt_at) FROM deliveries"
-        f" WHERE status IN ('pending', 'retrying') AND sink IN ({marks})",  # noqa: S608 - only "?" marks
-        sinks,
-    ).fetchone()
+    # Only "?" marks are interpolated into the SQL; the sink names travel as parameters.
+    sql = (
+        "SELECT MIN(next_attempt_at) FROM deliveries"  # noqa: S608
+        f" WHERE status IN ('pending', 'retrying') AND sink IN ({marks})"
+    )
+    row = conn.execute(sql, sinks).fetchone()
     return None if row is None else row[0]
 
 
@@ -262,8 +263,15 @@ def _record(conn: sqlite3.Connection, delivery_id: int, o: Outcome, now: float) 
             "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?,"
             " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?, last_reason = ?,"
             " last_status = ? WHERE id = ?",
-            (_STATUS_FOR[o.outcome], now, o.next_attempt_at, o.error, o.reason, o.status_code,
-             delivery_id),
+            (
+                _STATUS_FOR[o.outcome],
+                now,
+                o.next_attempt_at,
+                o.error,
+                o.reason,
+                o.status_code,
+                delivery_id,
+            ),
         )
         conn.execute(
             "INSERT INTO attempts (delivery_id, at, outcome, reason, status_code, duration, error)"

@@ -49,7 +49,7 @@ def create_app(
     stdout: TextIO | None = None,
     run_worker: bool = True,
 ) -> web.Application:
-    """The relay as an aiohttp app. With ``run_worker=False`` tests drive ``app[WORKER].drain()``."""
+    """The relay as an aiohttp app; with ``run_worker=False`` tests call ``app[WORKER].drain()``."""
     # aiohttp refuses a body whose size reaches client_max_size, so allow exactly max_body_bytes.
     app = web.Application(
         client_max_size=config.server.max_body_bytes + 1, middlewares=[json_errors]

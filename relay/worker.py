@@ -9,6 +9,8 @@ failures come back with exponential backoff and jitter (or after the receiver's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import time
@@ -80,9 +82,9 @@ class Worker:
             self._in_flight_per_sink[due.sink] += 1
             task = asyncio.create_task(self._deliver(due), name=f"deliver-{due.id}")
             self._in_flight[due.id] = task
-            task.add_done_callback(lambda _t, d=due: self._done(d))
+            task.add_done_callback(functools.partial(self._done, due))
 
-    def _done(self, due: Due) -> None:
+    def _done(self, due: Due, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(due.id, None)
         self._in_flight_per_sink[due.sink] -= 1
         self._wakeup.set()
@@ -93,10 +95,8 @@ class Worker:
         if next_at is not None:
             delay = min(delay, max(next_at - self._clock.now(), 0.0))
         self._wakeup.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(delay, 0.005))
-        except TimeoutError:
-            pass
 
     async def _cancel_in_flight(self) -> None:
         tasks = list(self._in_flight.values())
@@ -126,17 +126,25 @@ class Worker:
         await self._outbox.record(due.id, Outcome("delivered", duration), self._clock.now())
         log.info(
             "delivered event %s to %s (attempt %d, %.0f ms)",
-            due.event.id, due.sink, due.attempts + 1, duration * 1000,
+            due.event.id,
+            due.sink,
+            due.attempts + 1,
+            duration * 1000,
         )
 
     async def _send(self, due: Due) -> None:
         sink = self._sinks.get(due.sink)
         if sink is None:
-            raise PermanentError(f'sink "{due.sink}" is no longer configured', reason="unknown_sink")
+            raise PermanentError(
+                f'sink "{due.sink}" is no longer configured', reason="unknown_sink"
+            )
         try:
             parts = self._renderer.render(
-                sink_name=sink.name, sink_type=sink.type, parts=sink.parts,
-                template=sink.config.template, event=due.event,
+                sink_name=sink.name,
+                sink_type=sink.type,
+                parts=sink.parts,
+                template=sink.config.template,
+                event=due.event,
             )
         except TemplateError as exc:
             raise PermanentError(str(exc), reason="template") from exc
@@ -146,26 +154,32 @@ class Worker:
     async def _failed(self, due: Due, error: DeliveryError, duration: float) -> None:
         attempt = due.attempts + 1
         now = self._clock.now()
-        common = dict(duration=duration, reason=error.reason, status_code=error.status)
         if error.retryable and attempt < self._delivery.max_attempts:
             delay = self.retry_delay(attempt, error.retry_after)
-            outcome = Outcome("retry", error=str(error), next_attempt_at=now + delay, **common)
+            outcome = Outcome(
+                "retry", duration, error.reason, error.status, str(error), now + delay
+            )
             log.warning(
                 "event %s to %s failed (attempt %d/%d, %s): %s; next try in %.1f s",
-                due.event.id, due.sink, attempt, self._delivery.max_attempts,
-                error.reason, error, delay,
+                due.event.id,
+                due.sink,
+                attempt,
+                self._delivery.max_attempts,
+                error.reason,
+                error,
+                delay,
             )
         else:
             why = "gave up" if error.retryable else "permanent failure"
             text = f"{error} ({why} after {attempt} attempt{'s' if attempt > 1 else ''})"
-            outcome = Outcome("dead", error=text, **common)
+            outcome = Outcome("dead", duration, error.reason, error.status, text)
             log.error("event %s to %s is dead: %s: %s", due.event.id, due.sink, error.reason, text)
         await self._outbox.record(due.id, outcome, now)
 
     def retry_delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds before the next attempt: what the receiver asked for, else backoff with jitter."""
+        """Seconds until the next attempt: what the receiver asked for, else backoff + jitter."""
         if retry_after is not None:
             return retry_after
         d = self._delivery
         base = min(d.max_backoff, d.initial_backoff * 2 ** (attempt - 1))
-        return base * self._rng.uniform(0.5, 1.0)
+        return float(base * self._rng.uniform(0.5, 1.0))

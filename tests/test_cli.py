@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_relay(*args, stdin=None, timeout=30):
     env = {**os.environ, "DATASLAYER_SECRET": ""}
     return subprocess.run(
-        [sys.executable, "-m", "relay", *args], capture_output=True, text=True, input=stdin,
-        timeout=timeout, env=env, cwd=ROOT,
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
     )
 
 
@@ -43,7 +48,7 @@ def test_check_passes_on_the_shipped_config(capsys):
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('[server]\nprot = 1\n', 'server.prot: unknown key (did you mean "port"?)'),
+        ("[server]\nprot = 1\n", 'server.prot: unknown key (did you mean "port"?)'),
         ('[delivery]\ntimeout = "x"\n', "delivery.timeout: input should be a valid number"),
         ('[[routes]]\nsinks = ["ghost"]\n', 'routes[0].sinks[0]: unknown sink "ghost"'),
         (
@@ -122,7 +127,10 @@ def test_send_test_reaches_serve_and_the_console_shows_the_message(tmp_path):
     env = {**os.environ, "DATASLAYER_SECRET": ""}
     server = subprocess.Popen(
         [sys.executable, "-m", "relay", "serve", "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         result = _send_test_when_up(config)

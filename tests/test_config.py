@@ -114,8 +114,10 @@ def test_every_problem_is_reported_at_once(tmp_path):
     """
     problems = _problems(tmp_path, body)
     assert any(p.startswith("server.port:") for p in problems)
-    assert any(p.startswith('sinks.a.type: unknown sink type "slak" (did you mean "slack"?)')
-               for p in problems)
+    assert any(
+        p.startswith('sinks.a.type: unknown sink type "slak" (did you mean "slack"?)')
+        for p in problems
+    )
     assert any(p.startswith("routes[0].sinks:") for p in problems)
 
 
@@ -140,7 +142,7 @@ def test_invalid_toml_and_missing_file_are_clear(tmp_path):
     """Syntax errors give the line; a missing file says so."""
     path = tmp_path / "config.toml"
     path.write_text("[server\n")
-    with pytest.raises(ConfigError, match="not valid TOML.*line 1"):
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 1"):
         load_config(path, environ={})
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml", environ={})
@@ -150,7 +152,8 @@ def test_unknown_timezone_is_an_error(tmp_path):
     """An unknown timezone names the key and shows an example."""
     problems = _problems(tmp_path, '[templates]\ntimezone = "Mars/Olympus"\n')
     assert problems == [
-        'templates.timezone: unknown timezone "Mars/Olympus" (use an IANA name like "Europe/Madrid")'
+        'templates.timezone: unknown timezone "Mars/Olympus" '
+        '(use an IANA name like "Europe/Madrid")'
     ]
 
 

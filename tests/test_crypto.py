@@ -98,7 +98,12 @@ def test_whitespace_around_the_token_is_ignored():
 
 @pytest.mark.parametrize(
     ("token", "reason"),
-    [("abc", "not valid base64"), ("%%%", "not a Fernet token"), ("aGVsbG8=", "not a Fernet token"), ("", "not a Fernet token")],
+    [
+        ("abc", "not valid base64"),
+        ("%%%", "not a Fernet token"),
+        ("aGVsbG8=", "not a Fernet token"),
+        ("", "not a Fernet token"),
+    ],
 )
 def test_garbage_tokens_get_a_reason(token, reason):
     """Tokens that are not Fernet at all are refused with a precise reason."""

@@ -210,7 +210,10 @@ async def test_permanent_slack_errors_are_dead_after_one_attempt(relay, slack, c
     await relay.app[WORKER].drain()
     assert len(slack.requests) == 1
     assert await relay.app[OUTBOX].counts() == {
-        "pending": 0, "retrying": 0, "delivered": 0, "dead": 1,
+        "pending": 0,
+        "retrying": 0,
+        "delivered": 0,
+        "dead": 1,
     }
 
 
@@ -227,8 +230,12 @@ async def test_retryable_failures_end_dead_after_max_attempts(relay, slack, cloc
 
 async def test_event_values_cannot_ping_or_forge_links_in_slack(relay, slack):
     """An email with <!channel> & a link markup arrives escaped in text and blocks."""
-    event = {"type": "shared_connection", "datasource": "google_ads",
-             "email": "<!channel> & <https://x.example|y>", "created": 1733240000}
+    event = {
+        "type": "shared_connection",
+        "datasource": "google_ads",
+        "email": "<!channel> & <https://x.example|y>",
+        "created": 1733240000,
+    }
     await post_token(relay, token_for(event, VECTOR_NOW))
     await relay.app[WORKER].drain()
     message = json.dumps(slack.messages[0])

@@ -17,7 +17,6 @@ SINK_TYPES: dict[str, type[Sink]] = {
 }
 
 
-
 def build_sinks(configs: Mapping[str, SinkConfig], context: SinkContext) -> dict[str, Sink]:
     """One sink object per ``[sinks.NAME]`` table."""
     return {name: SINK_TYPES[c.type](name, c, context) for name, c in configs.items()}

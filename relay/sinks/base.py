@@ -7,6 +7,7 @@ otherwise, so the worker always knows whether a retry can help.
 
 from __future__ import annotations
 
+import builtins
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from relay.events import Event
 class SinkConfig(BaseModel):
     """Keys every sink accepts; each sink type extends this with its own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     type: str
     template: str | None = Field(
@@ -77,7 +78,7 @@ class Sink(ABC):
     """A configured destination. Subclasses set ``type``, ``config_model`` and ``parts``."""
 
     type: ClassVar[str]
-    config_model: ClassVar[type[SinkConfig]]
+    config_model: ClassVar[builtins.type[SinkConfig]]
     parts: ClassVar[tuple[Part, ...]]
 
     def __init__(self, name: str, config: Any, context: SinkContext) -> None:

@@ -1,4 +1,4 @@
-"""Console sink: prints what it would send. The shipped config uses it, so a fresh checkout works."""
+"""Console sink: prints what it would send. The shipped config uses it: no credentials needed."""
 
 from __future__ import annotations
 
