@@ -166,6 +166,10 @@ class Outbox:
     async def record(self, delivery_id: int, outcome: Outcome, now: float) -> None:
         await self._run(_record, self._conn, delivery_id, outcome, now)
 
+    async def pending_outside(self, sinks: Sequence[str]) -> dict[str, int]:
+        """Pending deliveries per sink for sinks not in ``sinks`` (removed from the config)."""
+        return await self._run(_pending_outside, self._conn, frozenset(sinks))
+
     async def counts(self) -> dict[str, int]:
         return await self._run(_counts, self._conn)
 
@@ -282,6 +286,14 @@ def _record(conn: sqlite3.Connection, delivery_id: int, o: Outcome, now: float) 
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _pending_outside(conn: sqlite3.Connection, sinks: frozenset[str]) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT sink, COUNT(*) FROM deliveries"
+        " WHERE status IN ('pending', 'retrying') GROUP BY sink"
+    )
+    return {sink: n for sink, n in rows if sink not in sinks}
 
 
 def _counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -56,6 +56,7 @@ class Worker:
 
     async def run(self) -> None:
         """Deliver forever (until cancelled)."""
+        await self._report_orphans()
         try:
             while True:
                 try:
@@ -65,6 +66,19 @@ class Worker:
                 await self._sleep()
         finally:
             await self._cancel_in_flight()
+
+    async def _report_orphans(self) -> None:
+        orphans = await self._outbox.pending_outside(list(self._sinks))
+        if orphans:
+            total = sum(orphans.values())
+            listed = ", ".join(f"{name} ({n})" for name, n in sorted(orphans.items()))
+            log.warning(
+                "%d pending deliver%s for sinks no longer configured: %s; they wait until the "
+                "sink is configured again",
+                total,
+                "y" if total == 1 else "ies",
+                listed,
+            )
 
     async def drain(self) -> None:
         """Send everything due now, and what becomes due meanwhile, until nothing is left."""
@@ -133,11 +147,7 @@ class Worker:
         )
 
     async def _send(self, due: Due) -> None:
-        sink = self._sinks.get(due.sink)
-        if sink is None:
-            raise PermanentError(
-                f'sink "{due.sink}" is no longer configured', reason="unknown_sink"
-            )
+        sink = self._sinks[due.sink]  # due() only looks at configured sinks
         try:
             parts = self._renderer.render(
                 sink_name=sink.name,

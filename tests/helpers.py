@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import textwrap
 from pathlib import Path
@@ -20,3 +22,15 @@ def write_config(tmp_path: Path, body: str, secret: str = SECRET) -> Path:
     head = f'[dataslayer]\nsecret = "{secret}"\n'
     path.write_text(head + textwrap.dedent(body), encoding="utf-8")
     return path
+
+
+async def eventually(condition, *, attempts: int = 1000, step: float = 0.01) -> None:
+    """Wait until ``condition()`` (sync or async) is true; fail after ``attempts`` looks."""
+    for _ in range(attempts):
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition never became true: {condition}")

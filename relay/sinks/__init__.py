@@ -9,11 +9,15 @@ from collections.abc import Mapping
 
 from relay.sinks.base import Message, Part, Sink, SinkConfig, SinkContext
 from relay.sinks.console import ConsoleSink
+from relay.sinks.email import EmailSink
 from relay.sinks.slack import SlackSink
+from relay.sinks.webhook import WebhookSink
 
 SINK_TYPES: dict[str, type[Sink]] = {
     "console": ConsoleSink,
+    "email": EmailSink,
     "slack": SlackSink,
+    "webhook": WebhookSink,
 }
 
 

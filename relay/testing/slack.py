@@ -21,10 +21,11 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from relay.testing import LocalServer
 
 WEBHOOK_PATH = "/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX"
 
@@ -64,7 +65,7 @@ class ReceivedRequest:
     time: float
 
 
-class FakeSlack:
+class FakeSlack(LocalServer):
     """Slack on 127.0.0.1 and a free port; use as ``async with FakeSlack() as slack``.
 
     ``token`` is the bot token ``chat.postMessage`` expects (any token when None);
@@ -157,18 +158,6 @@ class FakeSlack:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> FakeSlack:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # A deadline of its own reads best in a test: `await slack.wait_for_messages(2)`.
     async def wait_for_messages(

@@ -1,0 +1,115 @@
+"""The worker: sinks never wait for each other, backoff grows with jitter, outcomes are recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+
+import aiohttp
+
+from relay.clock import FakeClock
+from relay.config import DeliveryConfig
+from relay.events import event_from_dict
+from relay.outbox import Outbox
+from relay.render import Renderer
+from relay.secret import Secret
+from relay.sinks import SinkContext
+from relay.sinks.console import ConsoleConfig, ConsoleSink
+from relay.sinks.slack import SlackConfig, SlackSink
+from relay.testing.slack import FakeSlack
+from relay.worker import Worker
+from tests.helpers import eventually
+
+NOW = 1_800_000_000.0
+
+
+async def _delivered(outbox):
+    return (await outbox.counts())["delivered"] >= 1
+
+
+def _worker(outbox, sinks, clock, **delivery):
+    config = DeliveryConfig(**delivery)
+    return Worker(outbox, sinks, Renderer(None), config, clock, rng=random.Random(7))
+
+
+def test_backoff_doubles_with_jitter_and_is_capped():
+    """Delays grow from initial_backoff by doubling, times 0.5-1.0, never over max_backoff."""
+    worker = _worker(None, {}, FakeClock(), initial_backoff=5, max_backoff=60)
+    for attempt, base in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 60), (9, 60)]:
+        delay = worker.retry_delay(attempt, None)
+        assert base * 0.5 <= delay <= base
+
+
+def test_retry_after_is_honoured_as_asked():
+    """A receiver's Retry-After replaces the backoff, even when longer than max_backoff."""
+    worker = _worker(None, {}, FakeClock(), initial_backoff=5, max_backoff=60)
+    assert worker.retry_delay(1, 3.0) == 3.0
+    assert worker.retry_delay(1, 120.0) == 120.0
+
+
+async def test_a_slow_sink_never_holds_up_another(tmp_path):
+    """While Slack takes its time, the console sink's message is already out."""
+    clock = FakeClock(NOW)
+    out = io.StringIO()
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    async with FakeSlack() as slack, aiohttp.ClientSession() as http:
+        slack.script(FakeSlack.slow(30))
+        context = SinkContext(http=http, timeout=60, stdout=out)
+        sinks = {
+            "slow": SlackSink(
+                "slow", SlackConfig(type="slack", webhook_url=Secret(slack.webhook_url)), context
+            ),
+            "fast": ConsoleSink("fast", ConsoleConfig(), context),
+        }
+        worker = _worker(outbox, sinks, clock)
+        event = event_from_dict({"type": "shared_connection", "email": "a@b.c"}, received_at=NOW)
+        await outbox.accept(event, ["slow", "fast"], dedup_window=60)
+        task = asyncio.create_task(worker.run())
+        try:
+            await eventually(lambda: _delivered(outbox))
+            assert "a@b.c" in out.getvalue()
+            assert slack.messages == []
+            assert (await outbox.counts())["pending"] == 1
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    await outbox.close()
+
+
+async def test_a_template_error_kills_only_that_delivery(tmp_path):
+    """A broken template for one sink makes that delivery dead; the other sink delivers."""
+    clock = FakeClock(NOW)
+    out = io.StringIO()
+    user = tmp_path / "templates" / "broken"
+    user.mkdir(parents=True)
+    (user / "console.text.j2").write_text("line one\n{{ missing_name }}\n")
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    context = SinkContext(timeout=5, stdout=out)
+    sinks = {
+        "bad": ConsoleSink("bad", ConsoleConfig(template="broken"), context),
+        "good": ConsoleSink("good", ConsoleConfig(), context),
+    }
+    worker = Worker(outbox, sinks, Renderer(tmp_path / "templates"), DeliveryConfig(), clock)
+    event = event_from_dict({"type": "shared_connection"}, received_at=NOW)
+    await outbox.accept(event, ["bad", "good"], dedup_window=60)
+    await worker.drain()
+    assert await outbox.counts() == {"pending": 0, "retrying": 0, "delivered": 1, "dead": 1}
+    error = outbox._conn.execute("SELECT last_error FROM deliveries WHERE sink = 'bad'").fetchone()
+    assert "broken/console.text.j2, line 2" in error[0]
+    await outbox.close()
+
+
+async def test_deliveries_to_a_removed_sink_wait_and_are_reported(tmp_path, caplog):
+    """Pending deliveries for a sink no longer configured are kept, and the start-up log says so."""
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    event = event_from_dict({"type": "shared_connection"}, received_at=NOW)
+    await outbox.accept(event, ["gone"], dedup_window=60)
+    worker = Worker(outbox, {}, Renderer(None), DeliveryConfig(), FakeClock(NOW))
+    task = asyncio.create_task(worker.run())
+    await eventually(lambda: "gone" in caplog.text)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert "1 pending delivery for sinks no longer configured: gone (1)" in caplog.text
+    assert (await outbox.counts())["pending"] == 1
+    await outbox.close()
