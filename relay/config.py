@@ -304,13 +304,23 @@ def _build(raw: _RawConfig, sinks: dict[str, SinkConfig], path: Path) -> Config:
         storage=raw.storage.model_copy(update={"path": folder / raw.storage.path}),
         delivery=raw.delivery,
         templates=raw.templates.model_copy(update={"dir": folder / raw.templates.dir}),
-        sinks=sinks,
+        sinks={name: _resolve_paths(sink, folder) for name, sink in sinks.items()},
         routes=tuple(
             Route(_as_tuple(r.datasource), _as_tuple(r.type), tuple(dict.fromkeys(r.sinks)))
             for r in raw.routes
         ),
         fallback=tuple(dict.fromkeys(raw.fallback.sinks)),
     )
+
+
+def _resolve_paths(sink: SinkConfig, folder: Path) -> SinkConfig:
+    """Relative paths in a sink's keys (e.g. ``tls_ca_file``) are relative to the config file."""
+    update = {
+        name: folder / value
+        for name, value in sink
+        if isinstance(value, Path) and not value.is_absolute()
+    }
+    return sink.model_copy(update=update) if update else sink
 
 
 def _as_tuple(patterns: list[str]) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -19,9 +20,15 @@ def suggest(word: str, candidates: Iterable[str]) -> str:
     return f' (did you mean "{close[0]}"?)' if close else ""
 
 
+# Parts of a pydantic location that name a union member or validator, not a TOML key.
+_TAG = re.compile(r"^(str|int|float|bool|none)$|\[|^function-")
+
+
 def toml_path(loc: Iterable[int | str], prefix: str = "") -> str:
     path = prefix
     for part in loc:
+        if isinstance(part, str) and _TAG.search(part):
+            continue
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -32,7 +39,13 @@ def toml_path(loc: Iterable[int | str], prefix: str = "") -> str:
 def problems_from_validation(
     exc: ValidationError, model: type[BaseModel], prefix: str = ""
 ) -> list[Problem]:
-    return [_problem(err, model, prefix) for err in exc.errors()]
+    merged: dict[str, list[str]] = {}
+    for err in exc.errors():
+        problem = _problem(err, model, prefix)
+        messages = merged.setdefault(problem.path, [])
+        if problem.message not in messages:
+            messages.append(problem.message)
+    return [Problem(path, ", or ".join(messages)) for path, messages in merged.items()]
 
 
 def _problem(err: Any, model: type[BaseModel], prefix: str) -> Problem:

@@ -38,8 +38,8 @@ class Secret:
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(
-            lambda v: v if isinstance(v, Secret) else cls(v),
-            core_schema.union_schema(
-                [core_schema.is_instance_schema(cls), core_schema.str_schema()]
+            cls,
+            core_schema.no_info_before_validator_function(
+                lambda v: v.reveal() if isinstance(v, Secret) else v, core_schema.str_schema()
             ),
         )

@@ -185,3 +185,50 @@ def test_route_patterns_accept_a_string_or_a_list(tmp_path):
     assert route.datasource == ("google_*",)
     assert route.type == ("shared_connection", "x")
     assert route.sinks == ("a",)
+
+
+def test_relative_paths_in_sinks_resolve_against_the_config_folder(tmp_path):
+    """A sink's relative tls_ca_file is next to the config file, not the working directory."""
+    body = """
+    [sinks.mail]
+    type = "email"
+    host = "127.0.0.1"
+    from = "Relay <relay@example.com>"
+    to = ["ops@example.com"]
+    tls_ca_file = "certs/ca.pem"
+    """
+    config = load_config(write_config(tmp_path, body), environ={})
+    assert config.sinks["mail"].tls_ca_file == tmp_path / "certs" / "ca.pem"
+
+
+def test_email_port_and_security_mismatch_is_a_warning(tmp_path):
+    """Port 465 with starttls is valid but warned about, under the sink's path."""
+    body = """
+    [sinks.mail]
+    type = "email"
+    host = "smtp.example.com"
+    port = 465
+    from = "relay@example.com"
+    to = "ops@example.com"
+    """
+    config = load_config(write_config(tmp_path, body), environ={})
+    assert 'sinks.mail: port 465 is usually implicit TLS: set security = "tls"' in (
+        config_warnings(config)
+    )
+
+
+def test_union_keys_report_one_clean_path(tmp_path):
+    """A wrong type for a key that takes one-or-many names the key, not pydantic's internals."""
+    body = """
+    [sinks.crm]
+    type = "webhook"
+    url = "https://crm.example.com/hook"
+    signing_secret = 5
+    headers = { Authorization = 5 }
+    """
+    problems = _problems(tmp_path, body)
+    assert problems == [
+        "sinks.crm.headers.Authorization: input should be a valid string (got an integer)",
+        "sinks.crm.signing_secret: input should be a valid string (got an integer), "
+        "or input should be a valid list (got an integer)",
+    ]
