@@ -38,6 +38,7 @@ class ServerConfig(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     path: str = "/webhooks/dataslayer"
     max_body_bytes: int = Field(default=65536, ge=64, le=64 * 1024 * 1024)
+    shutdown_timeout: float = Field(default=10.0, ge=0)
 
     @field_validator("path")
     @classmethod
@@ -77,6 +78,7 @@ class DataslayerConfig(_Section):
 
 class StorageConfig(_Section):
     path: Path = Path("relay.db")
+    retention: int = Field(default=7 * 86400, ge=0)  # seconds; 0 = keep delivered events forever
 
 
 class DeliveryConfig(_Section):
@@ -341,6 +343,12 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(
             "dataslayer.dedup_window: shorter than max_token_age, so a captured token could be "
             "replayed after its event is forgotten"
+        )
+    retention = config.storage.retention
+    if retention and retention < ds.dedup_window:
+        warnings.append(
+            "storage.retention: shorter than dataslayer.dedup_window, so a delivered event can be "
+            "forgotten, and accepted again, before its dedup window ends"
         )
     if not config.routes and not config.fallback:
         warnings.append("routes: no routes and no fallback; events are stored but sent nowhere")

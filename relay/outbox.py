@@ -160,15 +160,22 @@ class Outbox:
         """Due deliveries, at most ``capacity[sink]`` per sink, skipping ids in ``exclude``."""
         return await self._run(_due, self._conn, now, capacity, frozenset(exclude))
 
-    async def next_due_at(self, sinks: Sequence[str]) -> float | None:
-        return await self._run(_next_due_at, self._conn, tuple(sinks))
+    async def next_due_by_sink(self, sinks: Sequence[str]) -> dict[str, float]:
+        """The earliest next attempt of each sink that has pending deliveries."""
+        active = await self._run(_active_by_sink, self._conn)
+        return {sink: at for sink, (_, at) in active.items() if sink in sinks}
+
+    async def purge(self, before: float, *, only_delivered: bool) -> int:
+        """Delete events received before ``before`` that have nothing left to send."""
+        return await self._run(purge, self._conn, before, only_delivered)
 
     async def record(self, delivery_id: int, outcome: Outcome, now: float) -> None:
         await self._run(_record, self._conn, delivery_id, outcome, now)
 
     async def pending_outside(self, sinks: Sequence[str]) -> dict[str, int]:
         """Pending deliveries per sink for sinks not in ``sinks`` (removed from the config)."""
-        return await self._run(_pending_outside, self._conn, frozenset(sinks))
+        active = await self._run(_active_by_sink, self._conn)
+        return {sink: n for sink, (n, _) in active.items() if sink not in sinks}
 
     async def counts(self) -> dict[str, int]:
         return await self._run(_counts, self._conn)
@@ -244,17 +251,27 @@ def _due_from_row(row: tuple[Any, ...]) -> Due:
     return Due(id=delivery_id, sink=sink, attempts=attempts, event=event)
 
 
-def _next_due_at(conn: sqlite3.Connection, sinks: tuple[str, ...]) -> float | None:
-    if not sinks:
-        return None
-    marks = ",".join("?" * len(sinks))
-    # Only "?" marks are interpolated into the SQL; the sink names travel as parameters.
-    sql = (
-        "SELECT MIN(next_attempt_at) FROM deliveries"  # noqa: S608
-        f" WHERE status IN ('pending', 'retrying') AND sink IN ({marks})"
+def _active_by_sink(conn: sqlite3.Connection) -> dict[str, tuple[int, float]]:
+    """Per sink with work left: how many deliveries, and the earliest next attempt."""
+    rows = conn.execute(
+        "SELECT sink, COUNT(*), MIN(next_attempt_at) FROM deliveries"
+        " WHERE status IN ('pending', 'retrying') GROUP BY sink"
     )
-    row = conn.execute(sql, sinks).fetchone()
-    return None if row is None else row[0]
+    return {sink: (n, at) for sink, n, at in rows}
+
+
+def purge(conn: sqlite3.Connection, before: float, only_delivered: bool) -> int:
+    """Delete events older than ``before`` with nothing pending (and, if asked, nothing dead).
+
+    Their deliveries and attempts go with them. Pending work is never purged.
+    """
+    keep = "('pending', 'retrying', 'dead')" if only_delivered else "('pending', 'retrying')"
+    cursor = conn.execute(
+        "DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"  # noqa: S608
+        f" WHERE d.event_id = events.id AND d.status IN {keep})",
+        (before,),
+    )
+    return cursor.rowcount
 
 
 _STATUS_FOR = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}
@@ -286,14 +303,6 @@ def _record(conn: sqlite3.Connection, delivery_id: int, o: Outcome, now: float) 
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-
-
-def _pending_outside(conn: sqlite3.Connection, sinks: frozenset[str]) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT sink, COUNT(*) FROM deliveries"
-        " WHERE status IN ('pending', 'retrying') GROUP BY sink"
-    )
-    return {sink: n for sink, n in rows if sink not in sinks}
 
 
 def _counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -80,7 +80,14 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(connector=connector, trust_env=True) as http:
         context = SinkContext(http=http, timeout=config.delivery.timeout, stdout=app[STDOUT])
         sinks = build_sinks(config.sinks, context)
-        worker = Worker(app[OUTBOX], sinks, app[RENDERER], config.delivery, clock)
+        worker = Worker(
+            app[OUTBOX],
+            sinks,
+            app[RENDERER],
+            config.delivery,
+            clock,
+            retention=config.storage.retention,
+        )
         app[SINKS], app[WORKER] = sinks, worker
         app[INGEST] = Ingest(
             TokenVerifier(
@@ -96,6 +103,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
         )
         task = asyncio.create_task(worker.run()) if app[RUN_WORKER] else None
         yield
+        await worker.stop(config.server.shutdown_timeout)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -21,13 +21,14 @@ from relay.config import DeliveryConfig
 from relay.errors import DeliveryError, PermanentError, StorageError, TemplateError
 from relay.failures import classify_exception
 from relay.outbox import Due, Outbox, Outcome
+from relay.pacing import SinkGate
 from relay.render import Renderer
 from relay.sinks import Message, Sink
 
 log = logging.getLogger("relay.worker")
 
-DEFAULT_SINK_CONCURRENCY = 4
-IDLE_POLL = 1.0  # seconds between looks at the outbox when nothing is known to be due
+IDLE_POLL = 1.0  # seconds between looks at the outbox (picks up `relay outbox retry`)
+CLEANUP_EVERY = 3600.0  # seconds between retention sweeps
 
 
 class Worker:
@@ -39,6 +40,7 @@ class Worker:
         delivery: DeliveryConfig,
         clock: Clock,
         rng: random.Random | None = None,
+        retention: float | None = None,
     ) -> None:
         self._outbox = outbox
         self._sinks = sinks
@@ -46,26 +48,65 @@ class Worker:
         self._delivery = delivery
         self._clock = clock
         self._rng = rng or random.Random()
+        self._retention = retention
         self._in_flight: dict[int, asyncio.Task[None]] = {}
-        self._in_flight_per_sink: dict[str, int] = dict.fromkeys(sinks, 0)
+        self._gates = {
+            name: SinkGate(
+                name, clock, sink.config.concurrency, sink.config.rate, delivery.max_backoff
+            )
+            for name, sink in sinks.items()
+        }
         self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._next_cleanup = 0.0
 
     def notify(self) -> None:
         """New deliveries were stored: look now rather than at the next poll."""
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Deliver forever (until cancelled)."""
+        """Deliver until stopped or cancelled."""
         await self._report_orphans()
         try:
-            while True:
+            while not self._stopping:
                 try:
+                    await self._cleanup_when_due()
                     await self._start_due()
+                    await self._sleep()
                 except StorageError as exc:
                     log.error("cannot read the outbox, trying again shortly: %s", exc)
-                await self._sleep()
+                    await asyncio.sleep(IDLE_POLL)
         finally:
             await self._cancel_in_flight()
+
+    async def stop(self, deadline: float) -> None:
+        """Start nothing new; give in-flight sends ``deadline`` seconds, then cancel them.
+
+        A cancelled send stays pending in the outbox and is sent again after a restart.
+        """
+        self._stopping = True
+        self._wakeup.set()
+        tasks = list(self._in_flight.values())
+        if tasks:
+            log.info("waiting up to %.0f s for %d send(s) in flight", deadline, len(tasks))
+            _, late = await asyncio.wait(tasks, timeout=deadline)
+            if late:
+                log.warning("%d send(s) did not finish in time; they stay pending", len(late))
+        await self._cancel_in_flight()
+
+    async def cleanup(self) -> int:
+        """Delete events delivered everywhere longer ago than the retention; dead ones stay."""
+        if not self._retention:
+            return 0
+        removed = await self._outbox.purge(self._clock.now() - self._retention, only_delivered=True)
+        if removed:
+            log.info("retention: deleted %d delivered event(s)", removed)
+        return removed
+
+    async def _cleanup_when_due(self) -> None:
+        if self._clock.now() >= self._next_cleanup:
+            await self.cleanup()
+            self._next_cleanup = self._clock.now() + CLEANUP_EVERY
 
     async def _report_orphans(self) -> None:
         orphans = await self._outbox.pending_outside(list(self._sinks))
@@ -89,25 +130,27 @@ class Worker:
             await asyncio.wait(list(self._in_flight.values()))
 
     async def _start_due(self) -> None:
-        capacity = {
-            name: DEFAULT_SINK_CONCURRENCY - self._in_flight_per_sink[name] for name in self._sinks
-        }
+        if self._stopping:
+            return
+        capacity = {name: gate.room() for name, gate in self._gates.items()}
         for due in await self._outbox.due(self._clock.now(), capacity, set(self._in_flight)):
-            self._in_flight_per_sink[due.sink] += 1
+            self._gates[due.sink].started()
             task = asyncio.create_task(self._deliver(due), name=f"deliver-{due.id}")
             self._in_flight[due.id] = task
             task.add_done_callback(functools.partial(self._done, due))
 
     def _done(self, due: Due, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(due.id, None)
-        self._in_flight_per_sink[due.sink] -= 1
         self._wakeup.set()
 
     async def _sleep(self) -> None:
         delay = IDLE_POLL
-        next_at = await self._outbox.next_due_at(list(self._sinks))
-        if next_at is not None:
-            delay = min(delay, max(next_at - self._clock.now(), 0.0))
+        now = self._clock.now()
+        for sink, due_at in (await self._outbox.next_due_by_sink(list(self._sinks))).items():
+            allowed_at = self._gates[sink].next_allowed_at()
+            if allowed_at is None and self._gates[sink].room() == 0:
+                continue  # full of sends in flight: a finishing one wakes us
+            delay = min(delay, max(due_at, allowed_at or now) - now)
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(delay, 0.005))
@@ -119,23 +162,30 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _deliver(self, due: Due) -> None:
+        error: DeliveryError | None = None
         try:
-            await self._attempt(due)
+            error = await self._attempt(due)
         except StorageError as exc:
             # The delivery stays pending in the outbox and is sent again: at least once.
             log.error("could not record the outcome of delivery %s: %s", due.id, exc)
+        finally:
+            self._gates[due.sink].finished(
+                ok=error is None, retryable_failure=error is not None and error.retryable
+            )
 
-    async def _attempt(self, due: Due) -> None:
+    async def _attempt(self, due: Due) -> DeliveryError | None:
+        """Send once and record the outcome; the error, if the send failed."""
         started = time.perf_counter()
         try:
             await self._send(due)
         except DeliveryError as error:
             await self._failed(due, error, time.perf_counter() - started)
-            return
+            return error
         except Exception as exc:  # a sink bug must not kill the worker: record it and go on
             log.exception("sink %s raised unexpectedly on delivery %s", due.sink, due.id)
-            await self._failed(due, classify_exception(exc), time.perf_counter() - started)
-            return
+            error = classify_exception(exc)
+            await self._failed(due, error, time.perf_counter() - started)
+            return error
         duration = time.perf_counter() - started
         await self._outbox.record(due.id, Outcome("delivered", duration), self._clock.now())
         log.info(
@@ -145,6 +195,7 @@ class Worker:
             due.attempts + 1,
             duration * 1000,
         )
+        return None
 
     async def _send(self, due: Due) -> None:
         sink = self._sinks[due.sink]  # due() only looks at configured sinks

@@ -76,7 +76,7 @@ async def test_outcomes_update_status_and_keep_every_attempt(tmp_path):
         retry = Outcome("retry", 0.1, "server", 503, "HTTP 503", next_attempt_at=1010.0)
         await outbox.record(due.id, retry, now=1000.0)
         assert await outbox.due(1009.0, {"a": 1}, set()) == []
-        assert await outbox.next_due_at(["a"]) == 1010.0
+        assert await outbox.next_due_by_sink(["a"]) == {"a": 1010.0}
         await outbox.record(due.id, Outcome("delivered", 0.1), now=1010.0)
         assert await outbox.counts() == {"pending": 0, "retrying": 0, "delivered": 1, "dead": 0}
     finally:

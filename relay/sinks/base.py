@@ -32,6 +32,10 @@ class SinkConfig(BaseModel):
     timeout: float | None = Field(
         default=None, gt=0, description="seconds per attempt; default [delivery].timeout"
     )
+    concurrency: int = Field(default=4, ge=1, le=256, description="sends in flight at once")
+    rate: float | None = Field(
+        default=None, ge=0, description="messages per second; unset or 0 = no limit"
+    )
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ class SlackConfig(SinkConfig):
     token: Secret | None = Field(default=None, description="bot token for chat.postMessage")
     channel: str | None = Field(default=None, description='name or id, e.g. "#client-access"')
     api_url: str = Field(default="https://slack.com/api/", description="Web API base URL")
+    # Slack asks for at most one message per second per webhook or channel.
+    rate: float | None = Field(default=1.0, ge=0, description="messages per second; 0 = no limit")
 
     @field_validator("api_url")
     @classmethod
