@@ -183,9 +183,9 @@ class Worker:
             return error
         except Exception as exc:  # a sink bug must not kill the worker: record it and go on
             log.exception("sink %s raised unexpectedly on delivery %s", due.sink, due.id)
-            error = classify_exception(exc)
-            await self._failed(due, error, time.perf_counter() - started)
-            return error
+            failure = classify_exception(exc)
+            await self._failed(due, failure, time.perf_counter() - started)
+            return failure
         duration = time.perf_counter() - started
         await self._outbox.record(due.id, Outcome("delivered", duration), self._clock.now())
         log.info(
