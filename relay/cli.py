@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from relay import __version__
+from relay import __version__, admin
 from relay.config import Config, config_warnings, default_config_path, load_config
 from relay.crypto import encrypt
 from relay.errors import ConfigError, EventError, TemplateError
@@ -22,7 +21,7 @@ from relay.events import SAMPLE_EVENT, Event, event_from_dict
 from relay.logs import setup_logging
 from relay.render import Renderer
 from relay.routing import Router
-from relay.server import create_app
+from relay.server import serve
 from relay.sinks import SINK_TYPES
 
 log = logging.getLogger("relay")
@@ -54,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="config file (default: $RELAY_CONFIG, else ./config.toml)",
         )
-        sub.set_defaults(func=func)
+        if func is not None:
+            sub.set_defaults(func=func)
         return sub
 
     command("serve", cmd_serve, "run the relay")
@@ -71,7 +71,32 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--datasource", default="google_ads")
     send.add_argument("--email", default="test.client@example.com")
     send.add_argument("--type", default="shared_connection")
+    _outbox_commands(command("outbox", None, "inspect and act on stored deliveries"))
     return parser
+
+
+def _outbox_commands(outbox: argparse.ArgumentParser) -> None:
+    sub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = sub.add_parser("list", help="list deliveries, newest events first")
+    ls.add_argument("--status", choices=admin.STATUSES)
+    ls.add_argument("--sink")
+    ls.add_argument("--since", type=admin.parse_duration, help="e.g. 1h, 2d")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    show = sub.add_parser("show", help="an event and each delivery's attempts")
+    show.add_argument("id", help="event id (8+ characters) or delivery id")
+    show.add_argument("--show-personal-data", action="store_true", help="do not mask the email")
+    show.add_argument("--json", action="store_true")
+    retry = sub.add_parser("retry", help="requeue deliveries to be sent now")
+    retry.add_argument("ids", nargs="*", help="event ids or delivery ids")
+    retry.add_argument("--dead", action="store_true", help="every dead delivery")
+    retry.add_argument("--sink", help="only deliveries to this sink")
+    purge = sub.add_parser("purge", help="delete old events that have nothing pending")
+    purge.add_argument("--older-than", type=admin.parse_duration, required=True, help="e.g. 7d")
+    for parser in (ls, show, retry, purge):
+        parser.set_defaults(func=cmd_outbox)
+        # Also after the action (`relay outbox list -c FILE`); SUPPRESS keeps an earlier -c.
+        parser.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
 
 
 def _load(args: argparse.Namespace, exit_code: int) -> Config | int:
@@ -83,6 +108,47 @@ def _load(args: argparse.Namespace, exit_code: int) -> Config | int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return exit_code
+
+
+# -- outbox ----------------------------------------------------------------------------------
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    config = _load(args, exit_code=1)
+    if isinstance(config, int):
+        return config
+    if args.action == "retry" and not (args.ids or args.dead):
+        print("say which: event or delivery ids, or --dead", file=sys.stderr)
+        return 1
+    try:
+        with admin.open_db(config.storage.path) as conn:
+            print(_outbox_action(conn, args))
+    except admin.AdminError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _outbox_action(conn: Any, args: argparse.Namespace) -> str:
+    now = admin.now()
+    if args.action == "list":
+        since = now - args.since if args.since else 0.0
+        rows = admin.list_deliveries(
+            conn, status=args.status, sink=args.sink, since=since, limit=args.limit
+        )
+        if args.json:
+            return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+        return admin.format_list(rows, now)
+    if args.action == "show":
+        detail = admin.show_event(conn, args.id, args.show_personal_data)
+        return (
+            json.dumps(detail, ensure_ascii=False) if args.json else admin.format_event(detail, now)
+        )
+    if args.action == "retry":
+        n = admin.retry(conn, args.ids, dead=args.dead, sink=args.sink, now=now)
+        return f"requeued {n} deliver{'y' if n == 1 else 'ies'}"
+    n = admin.purge_older(conn, args.older_than, now)
+    return f"purged {n} event{'' if n == 1 else 's'}"
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -102,21 +168,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _warn(config)
     s = config.server
     sinks = ", ".join(f"{n} ({c.type})" for n, c in config.sinks.items()) or "none"
-    try:
-        web.run_app(
-            create_app(config),
-            host=s.host,
-            port=s.port,
-            access_log=None,
-            print=lambda _: log.info(
-                "relay %s listening on http://%s:%d%s; sinks: %s",
-                __version__,
-                s.host,
-                s.port,
-                s.path,
-                sinks,
-            ),
+
+    def announce() -> None:
+        log.info(
+            "relay %s listening on http://%s:%d%s; sinks: %s",
+            __version__,
+            s.host,
+            s.port,
+            s.path,
+            sinks,
         )
+
+    try:
+        asyncio.run(serve(config, announce))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
         return 1

@@ -105,7 +105,7 @@ class Outbox:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(executor, _connect, path)
+            conn = await loop.run_in_executor(executor, connect, path)
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
@@ -181,7 +181,8 @@ class Outbox:
         return await self._run(_counts, self._conn)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection set up for the relay: WAL, synchronous=FULL, waits for locks."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA busy_timeout = 10000")

@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import parse_qs
 
@@ -42,6 +45,16 @@ WORKER = web.AppKey("worker", Worker)
 INGEST = web.AppKey("ingest", Ingest)
 
 
+@dataclass
+class State:
+    """Mutable run state: ``closing`` once shutdown began (new posts get 503)."""
+
+    closing: bool = False
+
+
+STATE = web.AppKey("state", State)
+
+
 def create_app(
     config: Config,
     *,
@@ -59,6 +72,8 @@ def create_app(
     app[STDOUT] = stdout or sys.stdout
     app[RUN_WORKER] = run_worker
     app[RENDERER] = Renderer(config.templates.dir, config.templates.timezone)
+    app[STATE] = State()
+    app.on_shutdown.append(begin_shutdown)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_delivery)
     app.router.add_post(config.server.path, handle_webhook)
@@ -112,11 +127,18 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             await sink.close()
 
 
+async def begin_shutdown(app: web.Application) -> None:
+    """From now on, new posts get 503 so the sender retries elsewhere or later."""
+    app[STATE].closing = True
+
+
 def answer(http_status: int, /, **body: Any) -> web.Response:
     return web.json_response(body, status=http_status)
 
 
 async def handle_webhook(request: web.Request) -> web.Response:
+    if request.app[STATE].closing:
+        return web.json_response({"error": "unavailable"}, status=503, headers={"Retry-After": "5"})
     limit = request.app[CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return answer(413, error="too_large")
@@ -173,6 +195,41 @@ def _token_from_form(body: bytes) -> str | web.Response:
 
 async def handle_health(request: web.Request) -> web.Response:
     return answer(200, status="ok")
+
+
+async def serve(config: Config, announce: Callable[[], None]) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once.
+
+    Graceful: stop accepting (new posts get 503), give sends in flight
+    ``[server].shutdown_timeout`` seconds, leave the rest pending for the next start.
+    """
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.server.host, config.server.port).start()
+        announce()
+        await _wait_for_signal(app)
+    finally:
+        await runner.cleanup()
+
+
+async def _wait_for_signal(app: web.Application) -> None:
+    stop = asyncio.Event()
+    deadline = app[CONFIG].server.shutdown_timeout
+
+    def on_signal(name: str) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now; unfinished sends stay pending", name)
+            os._exit(1)
+        log.info("%s: shutting down; waiting up to %.0f s for sends in flight", name, deadline)
+        app[STATE].closing = True
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    await stop.wait()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
