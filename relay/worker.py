@@ -76,8 +76,10 @@ class Worker:
                 except StorageError as exc:
                     log.error("cannot read the outbox, trying again shortly: %s", exc)
                     await asyncio.sleep(IDLE_POLL)
-        finally:
+        except asyncio.CancelledError:
             await self._cancel_in_flight()
+            raise
+        # Stopped: stop() decides how long sends in flight may take.
 
     async def stop(self, deadline: float) -> None:
         """Start nothing new; give in-flight sends ``deadline`` seconds, then cancel them.

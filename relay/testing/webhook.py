@@ -59,10 +59,19 @@ class ReceivedRequest:
 
 
 class FakeReceiver(LocalServer):
-    """Records every request to any path and answers from a script (default: 200 ``ok``)."""
+    """Records every request to any path and answers from a script (default: 200 ``ok``).
+
+    ``port`` 0 picks a free port; a fixed one lets a test bring a receiver "back up" at the
+    same URL after it was down.
+    """
 
     def __init__(
-        self, secrets: Iterable[str] = (), *, path: str = "/hook", replies: Iterable[Reply] = ()
+        self,
+        secrets: Iterable[str] = (),
+        *,
+        path: str = "/hook",
+        replies: Iterable[Reply] = (),
+        port: int = 0,
     ) -> None:
         self.requests: list[ReceivedRequest] = []
         self._webhooks = [Webhook(s) for s in secrets]
@@ -70,7 +79,7 @@ class FakeReceiver(LocalServer):
         self._replies: deque[Reply] = deque(replies)
         self._arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
-        self._port = 0
+        self._port = port
 
     @property
     def url(self) -> str:
@@ -97,7 +106,7 @@ class FakeReceiver(LocalServer):
         # Cancelling a handler whose client went away keeps shutdown fast after slow replies.
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, HOST, 0)
+        site = web.TCPSite(self._runner, HOST, self._port)
         await site.start()
         self._port = self._runner.addresses[0][1]
 
