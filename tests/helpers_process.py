@@ -32,13 +32,16 @@ class RelayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        self.proc = await asyncio.to_thread(self._spawn)
+        await self._wait_until_up()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         env = {**os.environ, "HTTP_PROXY": "", "HTTPS_PROXY": ""}
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "relay", "serve", "-c", str(self.config)],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )  # fmt: skip
-        await self._wait_until_up()
 
     async def _wait_until_up(self) -> None:
         async with aiohttp.ClientSession() as session:

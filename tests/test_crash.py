@@ -1,4 +1,4 @@
-"""A real `relay serve` killed at random moments loses nothing it acknowledged; SIGTERM is graceful."""
+"""`relay serve` killed at random moments loses nothing it acknowledged; SIGTERM is graceful."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A receiver that is down, then failing, then too slow, then back: everything arrives, on schedule."""
+"""A receiver down, then failing, then too slow, then back: everything arrives, on schedule."""
 
 from __future__ import annotations
 
