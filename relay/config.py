@@ -14,7 +14,7 @@ import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
@@ -108,6 +108,17 @@ def _one_or_many(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    show_personal_data: bool = False
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
 Patterns = Annotated[list[str], BeforeValidator(_one_or_many)]
 
 
@@ -127,6 +138,7 @@ class _RawConfig(_Section):
     storage: StorageConfig = StorageConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     templates: TemplatesConfig = TemplatesConfig()
+    logging: LoggingConfig = LoggingConfig()
     sinks: dict[str, dict[str, Any]] = {}
     routes: list[RouteConfig] = []
     fallback: FallbackConfig = FallbackConfig()
@@ -149,6 +161,7 @@ class Config:
     storage: StorageConfig
     delivery: DeliveryConfig
     templates: TemplatesConfig
+    logging: LoggingConfig
     sinks: Mapping[str, SinkConfig]
     routes: tuple[Route, ...]
     fallback: tuple[str, ...]
@@ -306,6 +319,7 @@ def _build(raw: _RawConfig, sinks: dict[str, SinkConfig], path: Path) -> Config:
         storage=raw.storage.model_copy(update={"path": folder / raw.storage.path}),
         delivery=raw.delivery,
         templates=raw.templates.model_copy(update={"dir": folder / raw.templates.dir}),
+        logging=raw.logging,
         sinks={name: _resolve_paths(sink, folder) for name, sink in sinks.items()},
         routes=tuple(
             Route(_as_tuple(r.datasource), _as_tuple(r.type), tuple(dict.fromkeys(r.sinks)))
