@@ -16,11 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from relay.config_errors import problems_from_validation, suggest
 from relay.crypto import DEFAULT_MAX_CLOCK_SKEW, fernet_key
 from relay.errors import ConfigError, Problem
+from relay.guard import parse_networks
 from relay.secret import Secret
 from relay.sinks import SINK_TYPES, SinkConfig
 
@@ -33,12 +42,40 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
+class AuthConfig(_Section):
+    """Optional credentials the sender must present (for deployments behind a proxy)."""
+
+    type: Literal["basic", "header"]
+    username: str | None = None
+    password: Secret | None = None
+    header: str | None = None
+    value: Secret | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthConfig:
+        if self.type == "basic" and not (self.username and self.password):
+            raise ValueError('type = "basic" needs username and password')
+        if self.type == "header" and not (self.header and self.value):
+            raise ValueError('type = "header" needs header (its name) and value')
+        return self
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     path: str = "/webhooks/dataslayer"
     max_body_bytes: int = Field(default=65536, ge=64, le=64 * 1024 * 1024)
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    allow_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    max_failures_per_minute: int = Field(default=30, ge=0)
+    auth: AuthConfig | None = None
+
+    @field_validator("allow_ips", "trusted_proxies")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(values)
+        return values
 
     @field_validator("path")
     @classmethod
@@ -119,6 +156,12 @@ class LoggingConfig(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"  # only used with a port of its own
+    port: int | None = Field(default=None, ge=1, le=65535)  # None: on the main server
+
+
 Patterns = Annotated[list[str], BeforeValidator(_one_or_many)]
 
 
@@ -139,6 +182,7 @@ class _RawConfig(_Section):
     delivery: DeliveryConfig = DeliveryConfig()
     templates: TemplatesConfig = TemplatesConfig()
     logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
     sinks: dict[str, dict[str, Any]] = {}
     routes: list[RouteConfig] = []
     fallback: FallbackConfig = FallbackConfig()
@@ -162,6 +206,7 @@ class Config:
     delivery: DeliveryConfig
     templates: TemplatesConfig
     logging: LoggingConfig
+    metrics: MetricsConfig
     sinks: Mapping[str, SinkConfig]
     routes: tuple[Route, ...]
     fallback: tuple[str, ...]
@@ -261,6 +306,7 @@ def _validate(data: dict[str, Any], path: Path, problems: list[Problem]) -> Conf
         return None
     sinks = _validate_sinks(raw.sinks, problems)
     _check_sink_references(raw, problems)
+    _check_replay_window(raw.dataslayer, problems)
     if problems:
         return None
     return _build(raw, sinks, path)
@@ -310,6 +356,19 @@ def _check_sink_references(raw: _RawConfig, problems: list[Problem]) -> None:
                 problems.append(Problem(f"{path}[{j}]", f'unknown sink "{name}"{hint}'))
 
 
+def _check_replay_window(ds: DataslayerConfig, problems: list[Problem]) -> None:
+    """A token must expire before its event is forgotten, or a captured one could be replayed."""
+    if ds.max_token_age and ds.dedup_window < ds.max_token_age:
+        problems.append(
+            Problem(
+                "dataslayer.dedup_window",
+                f"{ds.dedup_window} is shorter than max_token_age ({ds.max_token_age}): a captured "
+                "token could be replayed once its event is forgotten; make dedup_window at least "
+                "max_token_age",
+            )
+        )
+
+
 def _build(raw: _RawConfig, sinks: dict[str, SinkConfig], path: Path) -> Config:
     folder = path.parent
     return Config(
@@ -320,6 +379,7 @@ def _build(raw: _RawConfig, sinks: dict[str, SinkConfig], path: Path) -> Config:
         delivery=raw.delivery,
         templates=raw.templates.model_copy(update={"dir": folder / raw.templates.dir}),
         logging=raw.logging,
+        metrics=raw.metrics,
         sinks={name: _resolve_paths(sink, folder) for name, sink in sinks.items()},
         routes=tuple(
             Route(_as_tuple(r.datasource), _as_tuple(r.type), tuple(dict.fromkeys(r.sinks)))
@@ -353,10 +413,10 @@ def config_warnings(config: Config) -> list[str]:
             "Developers page"
         )
     ds = config.dataslayer
-    if ds.max_token_age == 0 or ds.dedup_window < ds.max_token_age:
+    if ds.max_token_age == 0:
         warnings.append(
-            "dataslayer.dedup_window: shorter than max_token_age, so a captured token could be "
-            "replayed after its event is forgotten"
+            "dataslayer.max_token_age: 0 (no limit) lets a captured token be replayed once "
+            "dedup_window has forgotten its event; set a limit"
         )
     retention = config.storage.retention
     if retention and retention < ds.dedup_window:

@@ -67,14 +67,21 @@ def event_id(data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(data).encode("utf-8")).hexdigest()[:32]
 
 
+def reject_constant(name: str) -> Any:
+    """json.loads hook: NaN and Infinity are not JSON, and would not survive a round trip."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_event(plaintext: bytes, received_at: float) -> Event:
     """Parse decrypted plaintext into an Event, or raise EventError saying why it is not one."""
     try:
-        data = json.loads(plaintext.decode("utf-8"))
+        data = json.loads(plaintext.decode("utf-8"), parse_constant=reject_constant)
     except UnicodeDecodeError as exc:
         raise EventError("decrypted content is not UTF-8 text") from exc
     except ValueError as exc:
         raise EventError("decrypted content is not JSON") from exc
+    except RecursionError as exc:
+        raise EventError("decrypted JSON is nested too deeply") from exc
     return event_from_dict(data, received_at)
 
 
@@ -83,7 +90,13 @@ def event_from_dict(data: Any, received_at: float) -> Event:
         raise EventError(f"decrypted JSON is {_json_kind(data)}, not an object")
     if not isinstance(data.get("type"), str) or not data["type"]:
         raise EventError('decrypted object has no string "type"')
-    return Event(id=event_id(data), data=data, received_at=received_at)
+    try:
+        text = canonical_json(data).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
+        raise EventError("decrypted JSON holds invalid Unicode (a lone surrogate)") from exc
+    except (RecursionError, ValueError) as exc:
+        raise EventError("decrypted JSON is nested too deeply") from exc
+    return Event(id=hashlib.sha256(text).hexdigest()[:32], data=data, received_at=received_at)
 
 
 def _json_kind(value: Any) -> str:

@@ -83,6 +83,14 @@ class Outcome:
     next_attempt_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Stats:
+    """What the outbox holds, for metrics: deliveries per status, and the oldest still to send."""
+
+    by_status: dict[str, int]
+    oldest_active_created_at: float | None
+
+
 @dataclass
 class _Pending:
     event: Event
@@ -179,6 +187,16 @@ class Outbox:
 
     async def counts(self) -> dict[str, int]:
         return await self._run(_counts, self._conn)
+
+    async def stats(self) -> Stats:
+        return await self._run(_stats, self._conn)
+
+    async def check_writable(self) -> None:
+        """Raise StorageError unless the database would take a write now (for readiness).
+
+        Takes the write lock and lets it go; runs on the outbox's thread, between batches.
+        """
+        await self._run(_take_write_lock, self._conn)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -311,3 +329,15 @@ def _counts(conn: sqlite3.Connection) -> dict[str, int]:
     for status, n in conn.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status"):
         counts[status] = n
     return counts
+
+
+def _stats(conn: sqlite3.Connection) -> Stats:
+    (oldest,) = conn.execute(
+        "SELECT MIN(created_at) FROM deliveries WHERE status IN ('pending', 'retrying')"
+    ).fetchone()
+    return Stats(_counts(conn), oldest)
+
+
+def _take_write_lock(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ROLLBACK")

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TextIO
-from urllib.parse import parse_qs
+from typing import TextIO
 
 import aiohttp
 from aiohttp import web
@@ -24,7 +21,7 @@ from aiohttp import web
 from relay.clock import Clock, SystemClock
 from relay.config import Config
 from relay.crypto import TokenVerifier
-from relay.errors import EventError, StorageError, TokenError
+from relay.inbound import CONFIG, GATE, INGEST, STATE, Gate, State, answer, handle_webhook
 from relay.ingest import Ingest
 from relay.outbox import Outbox
 from relay.render import Renderer
@@ -34,7 +31,6 @@ from relay.worker import Worker
 
 log = logging.getLogger("relay.server")
 
-CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
 STDOUT = web.AppKey("stdout", TextIO)
 RUN_WORKER = web.AppKey("run_worker", bool)
@@ -42,17 +38,6 @@ RENDERER = web.AppKey("renderer", Renderer)
 OUTBOX = web.AppKey("outbox", Outbox)
 SINKS = web.AppKey("sinks", dict[str, Sink])
 WORKER = web.AppKey("worker", Worker)
-INGEST = web.AppKey("ingest", Ingest)
-
-
-@dataclass
-class State:
-    """Mutable run state: ``closing`` once shutdown began (new posts get 503)."""
-
-    closing: bool = False
-
-
-STATE = web.AppKey("state", State)
 
 
 def create_app(
@@ -73,6 +58,7 @@ def create_app(
     app[RUN_WORKER] = run_worker
     app[RENDERER] = Renderer(config.templates.dir, config.templates.timezone)
     app[STATE] = State()
+    app[GATE] = Gate.from_config(config, app[CLOCK])
     app.on_shutdown.append(begin_shutdown)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(_delivery)
@@ -115,6 +101,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             clock,
             config.dataslayer.dedup_window,
             on_stored=worker.notify,
+            show_personal_data=config.logging.show_personal_data,
         )
         task = asyncio.create_task(worker.run()) if app[RUN_WORKER] else None
         yield
@@ -130,67 +117,6 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
 async def begin_shutdown(app: web.Application) -> None:
     """From now on, new posts get 503 so the sender retries elsewhere or later."""
     app[STATE].closing = True
-
-
-def answer(http_status: int, /, **body: Any) -> web.Response:
-    return web.json_response(body, status=http_status)
-
-
-async def handle_webhook(request: web.Request) -> web.Response:
-    if request.app[STATE].closing:
-        return web.json_response({"error": "unavailable"}, status=503, headers={"Retry-After": "5"})
-    limit = request.app[CONFIG].server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return answer(413, error="too_large")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return answer(413, error="too_large")
-    token = _token_from(body, request.content_type)
-    if isinstance(token, web.Response):
-        return token
-    return await _receive(request, token)
-
-
-async def _receive(request: web.Request, token: str) -> web.Response:
-    try:
-        receipt = await request.app[INGEST].receive(token)
-    except TokenError as exc:
-        log.warning("refused a token from %s: %s", request.remote, exc)
-        return answer(401, error="invalid_token", detail=str(exc))
-    except EventError as exc:
-        log.warning("refused an event from %s: %s", request.remote, exc)
-        return answer(422, error="invalid_event", detail=str(exc))
-    except StorageError as exc:
-        log.error("could not store an event, answering 503: %s", exc)
-        return answer(503, error="unavailable")
-    return answer(200, status=receipt.status, id=receipt.id)
-
-
-def _token_from(body: bytes, content_type: str) -> str | web.Response:
-    if content_type == "application/x-www-form-urlencoded":
-        return _token_from_form(body)
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return answer(400, error="bad_request", detail="body is not JSON")
-    if not isinstance(data, dict):
-        return answer(400, error="bad_request", detail="body is not a JSON object")
-    token = data.get("encrypted_data")
-    if not isinstance(token, str):
-        return answer(400, error="bad_request", detail='no string "encrypted_data" in the body')
-    return token
-
-
-def _token_from_form(body: bytes) -> str | web.Response:
-    try:
-        fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
-    except (UnicodeDecodeError, ValueError):
-        return answer(400, error="bad_request", detail="form body is not UTF-8")
-    values = fields.get("encrypted_data")
-    if not values:
-        return answer(400, error="bad_request", detail='no "encrypted_data" field in the form')
-    return values[0]
 
 
 async def handle_health(request: web.Request) -> web.Response:

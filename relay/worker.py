@@ -15,11 +15,13 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from relay.clock import Clock
 from relay.config import DeliveryConfig
 from relay.errors import DeliveryError, PermanentError, StorageError, TemplateError
 from relay.failures import classify_exception
+from relay.metrics import Metrics
 from relay.outbox import Due, Outbox, Outcome
 from relay.pacing import SinkGate
 from relay.render import Renderer
@@ -41,6 +43,7 @@ class Worker:
         clock: Clock,
         rng: random.Random | None = None,
         retention: float | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._outbox = outbox
         self._sinks = sinks
@@ -49,16 +52,58 @@ class Worker:
         self._clock = clock
         self._rng = rng or random.Random()
         self._retention = retention
+        self._metrics = metrics or Metrics()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
-        self._gates = {
-            name: SinkGate(
-                name, clock, sink.config.concurrency, sink.config.rate, delivery.max_backoff
-            )
-            for name, sink in sinks.items()
-        }
+        self._gates = {name: self._gate(sink, delivery) for name, sink in sinks.items()}
+        self._metrics.sinks_configured(sinks)
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._next_cleanup = 0.0
+
+    def _gate(self, sink: Sink, delivery: DeliveryConfig) -> SinkGate:
+        c = sink.config
+        return SinkGate(sink.name, self._clock, c.concurrency, c.rate, delivery.max_backoff)
+
+    @property
+    def sinks(self) -> Mapping[str, Sink]:
+        return self._sinks
+
+    @property
+    def gates(self) -> Mapping[str, SinkGate]:
+        return self._gates
+
+    def reconfigure(
+        self,
+        sinks: Mapping[str, Sink],
+        renderer: Renderer,
+        delivery: DeliveryConfig,
+        retention: float | None,
+    ) -> Mapping[str, Sink]:
+        """Deliver with these from now on; returns the sinks replaced (the caller closes them).
+
+        Sends in flight finish on the sink and gate they started with. A sink whose config is
+        unchanged keeps its gate, so its breaker and rate carry over.
+        """
+        old_sinks, old_gates = self._sinks, self._gates
+        self._gates = {
+            name: old_gates[name]
+            if name in old_sinks
+            and old_sinks[name].config == sink.config
+            and delivery.max_backoff == self._delivery.max_backoff
+            else self._gate(sink, delivery)
+            for name, sink in sinks.items()
+        }
+        self._sinks, self._renderer, self._delivery = sinks, renderer, delivery
+        self._retention = retention
+        self._metrics.sinks_configured(sinks)
+        self._wakeup.set()
+        return old_sinks
+
+    async def settle(self) -> None:
+        """Wait for the sends in flight now to finish (not for those started meanwhile)."""
+        tasks = list(self._in_flight.values())
+        if tasks:
+            await asyncio.wait(tasks)
 
     def notify(self) -> None:
         """New deliveries were stored: look now rather than at the next poll."""
@@ -136,8 +181,9 @@ class Worker:
             return
         capacity = {name: gate.room() for name, gate in self._gates.items()}
         for due in await self._outbox.due(self._clock.now(), capacity, set(self._in_flight)):
-            self._gates[due.sink].started()
-            task = asyncio.create_task(self._deliver(due), name=f"deliver-{due.id}")
+            sink, gate = self._sinks[due.sink], self._gates[due.sink]
+            gate.started()
+            task = asyncio.create_task(self._deliver(due, sink, gate), name=f"deliver-{due.id}")
             self._in_flight[due.id] = task
             task.add_done_callback(functools.partial(self._done, due))
 
@@ -163,44 +209,49 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _deliver(self, due: Due) -> None:
+    async def _deliver(self, due: Due, sink: Sink, gate: SinkGate) -> None:
         error: DeliveryError | None = None
         try:
-            error = await self._attempt(due)
+            error = await self._attempt(due, sink)
         except StorageError as exc:
             # The delivery stays pending in the outbox and is sent again: at least once.
-            log.error("could not record the outcome of delivery %s: %s", due.id, exc)
-        finally:
-            self._gates[due.sink].finished(
-                ok=error is None, retryable_failure=error is not None and error.retryable
+            log.error(
+                "could not record the outcome of delivery %s: %s", due.id, exc, extra=_about(due)
             )
+        finally:
+            gate.finished(ok=error is None, retryable_failure=error is not None and error.retryable)
 
-    async def _attempt(self, due: Due) -> DeliveryError | None:
+    async def _attempt(self, due: Due, sink: Sink) -> DeliveryError | None:
         """Send once and record the outcome; the error, if the send failed."""
         started = time.perf_counter()
         try:
-            await self._send(due)
+            await self._send(due, sink)
         except DeliveryError as error:
             await self._failed(due, error, time.perf_counter() - started)
             return error
         except Exception as exc:  # a sink bug must not kill the worker: record it and go on
-            log.exception("sink %s raised unexpectedly on delivery %s", due.sink, due.id)
+            log.exception(
+                "sink %s raised unexpectedly on delivery %s", due.sink, due.id, extra=_about(due)
+            )
             failure = classify_exception(exc)
             await self._failed(due, failure, time.perf_counter() - started)
             return failure
         duration = time.perf_counter() - started
-        await self._outbox.record(due.id, Outcome("delivered", duration), self._clock.now())
+        now = self._clock.now()
+        await self._outbox.record(due.id, Outcome("delivered", duration), now)
+        self._metrics.attempt(due.sink, "delivered", None, duration)
+        self._metrics.delivered(due.sink, now - due.event.received_at)
         log.info(
             "delivered event %s to %s (attempt %d, %.0f ms)",
             due.event.id,
             due.sink,
             due.attempts + 1,
             duration * 1000,
+            extra=_about(due),
         )
         return None
 
-    async def _send(self, due: Due) -> None:
-        sink = self._sinks[due.sink]  # due() only looks at configured sinks
+    async def _send(self, due: Due, sink: Sink) -> None:
         try:
             parts = self._renderer.render(
                 sink_name=sink.name,
@@ -231,13 +282,22 @@ class Worker:
                 error.reason,
                 error,
                 delay,
+                extra=_about(due),
             )
         else:
             why = "gave up" if error.retryable else "permanent failure"
             text = f"{error} ({why} after {attempt} attempt{'s' if attempt > 1 else ''})"
             outcome = Outcome("dead", duration, error.reason, error.status, text)
-            log.error("event %s to %s is dead: %s: %s", due.event.id, due.sink, error.reason, text)
+            log.error(
+                "event %s to %s is dead: %s: %s",
+                due.event.id,
+                due.sink,
+                error.reason,
+                text,
+                extra=_about(due),
+            )
         await self._outbox.record(due.id, outcome, now)
+        self._metrics.attempt(due.sink, outcome.outcome, error.reason, duration)
 
     def retry_delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds until the next attempt: what the receiver asked for, else backoff + jitter."""
@@ -246,3 +306,8 @@ class Worker:
         d = self._delivery
         base = min(d.max_backoff, d.initial_backoff * 2 ** (attempt - 1))
         return float(base * self._rng.uniform(0.5, 1.0))
+
+
+def _about(due: Due) -> dict[str, Any]:
+    """Log ``extra`` for a line about a delivery: structured logs carry the event id."""
+    return {"event_id": due.event.id, "sink": due.sink}
