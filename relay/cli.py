@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from relay import __version__, admin
+from relay.checks import template_problems
 from relay.config import Config, config_warnings, default_config_path, load_config
 from relay.crypto import encrypt
 from relay.errors import ConfigError, EventError, TemplateError
@@ -155,11 +156,11 @@ def _outbox_action(conn: Any, args: argparse.Namespace) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    setup_logging()
     config = _load(args, exit_code=2)
     if isinstance(config, int):
         return config
-    problems = _template_problems(config)
+    setup_logging(config.logging.level, config.logging.format, config.logging.show_personal_data)
+    problems = template_problems(config)
     if problems:
         print(f"{config.path}: template problems:", file=sys.stderr)
         for problem in problems:
@@ -208,7 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem)
         return 1
-    problems = _template_problems(config)
+    problems = template_problems(config)
     for text in problems:
         print(text)
     for warning in config_warnings(config):
@@ -217,34 +218,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {path} ({len(config.sinks)} sinks, {len(config.routes)} routes)")
     return 0
-
-
-def _template_problems(config: Config) -> list[str]:
-    try:
-        renderer = Renderer(config.templates.dir, config.templates.timezone)
-    except ValueError as exc:
-        return [f"templates: {exc}"]
-    problems = [str(p) for p in renderer.compile_all()]
-    types = _event_types(config)
-    for name, sink in config.sinks.items():
-        parts = SINK_TYPES[sink.type].parts
-        for p in renderer.check_sink(
-            sink_name=name,
-            sink_type=sink.type,
-            parts=parts,
-            template=sink.template,
-            event_types=types,
-        ):
-            problems.append(f"sinks.{name}: {p}")
-    return list(dict.fromkeys(problems))
-
-
-def _event_types(config: Config) -> list[str]:
-    """The sample type plus every literal (non-glob) type the routes name."""
-    types = {SAMPLE_EVENT["type"]}
-    for route in config.routes:
-        types.update(t for t in route.type if not any(c in t for c in "*?["))
-    return sorted(types)
 
 
 # -- preview -----------------------------------------------------------------------------------

@@ -48,7 +48,20 @@ class Event:
     def describe(self, show_personal_data: bool = False) -> str:
         """A log-friendly one-liner; the email is masked unless asked."""
         email = self.email if show_personal_data else mask_email(self.email)
-        return f"event {self.id} type={self.type} datasource={self.datasource} email={email}"
+        fields = f"type={self.type} datasource={self.datasource} email={email}"
+        return f"event {self.id} {printable(fields)}"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """Control characters as ``\\xNN`` escapes: event data cannot forge log lines or drive a
+    terminal (ANSI escapes). Newlines and tabs survive only when ``keep_newlines``."""
+    text = _CONTROL.sub(lambda m: ascii(m.group(0))[1:-1], text)
+    if not keep_newlines:
+        text = text.replace("\n", "\\n").replace("\t", "\\t")
+    return text
 
 
 def _text_or_none(value: Any) -> str | None:

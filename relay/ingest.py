@@ -43,6 +43,10 @@ class Ingest:
         self._on_stored = on_stored
         self._show_personal_data = show_personal_data
 
+    def reconfigure(self, verifier: TokenVerifier, router: Router, dedup_window: float) -> None:
+        """Verify, route and dedup with these from the next request on (a config reload)."""
+        self._verifier, self._router, self._dedup_window = verifier, router, dedup_window
+
     async def receive(self, token: str) -> Receipt:
         """Store the event in ``token``; raise TokenError, EventError or StorageError if not."""
         now = self._clock.now()
@@ -51,16 +55,20 @@ class Ingest:
         sinks = self._router.sinks_for(event)
         accepted = await self._outbox.accept(event, sinks, self._dedup_window)
         described = event.describe(self._show_personal_data)
+        about = {"event_id": event.id}
         if not accepted:
-            log.info("duplicate %s; nothing new to send", described)
+            log.info("duplicate %s; nothing new to send", described, extra=about)
             return Receipt("duplicate", event.id)
         self._on_stored()
         if verified.key_index:
             log.info(
-                "event %s was made with previous_secrets[%d]", event.id, verified.key_index - 1
+                "event %s was made with previous_secrets[%d]",
+                event.id,
+                verified.key_index - 1,
+                extra=about,
             )
         if sinks:
-            log.info("accepted %s -> %s", described, ", ".join(sinks))
+            log.info("accepted %s -> %s", described, ", ".join(sinks), extra=about)
         else:
-            log.warning("accepted %s, but no route or fallback matches it", described)
+            log.warning("accepted %s, but no route or fallback matches it", described, extra=about)
         return Receipt("accepted", event.id)

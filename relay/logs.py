@@ -1,9 +1,12 @@
-"""Logging set-up; a last line of defence masks email addresses in every log line."""
+"""Logging set-up: text or JSON lines; a last line of defence masks emails in every line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 from relay.events import mask_emails_in
 
@@ -19,11 +22,38 @@ class MaskPersonalData(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", show_personal_data: bool = False) -> None:
+    """Log to standard error at ``level``, as readable text or (``fmt="json"``) JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(MaskPersonalData())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# Keys that log calls pass in ``extra`` and that JSON lines carry when present.
+EXTRA_KEYS = ("event_id", "sink")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and event_id when about an event."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in EXTRA_KEYS:
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)

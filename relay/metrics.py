@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -213,9 +214,7 @@ def outcome_of(response: web.StreamResponse) -> str:
     return f"http_{response.status}"
 
 
-def request_counter(
-    metrics: Metrics, path: str
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def request_counter(metrics: Metrics, path: str) -> Middleware:
     """Middleware counting POSTs to ``path`` by the answer they got; put it outermost."""
 
     @web.middleware

@@ -21,9 +21,12 @@ from aiohttp import web
 from relay.clock import Clock, SystemClock
 from relay.config import Config
 from relay.crypto import TokenVerifier
+from relay.health import Subject, failed_checks
 from relay.inbound import CONFIG, GATE, INGEST, STATE, Gate, State, answer, handle_webhook
 from relay.ingest import Ingest
+from relay.metrics import Metrics, exposition_response, request_counter, start_listener
 from relay.outbox import Outbox
+from relay.reload import Reloader
 from relay.render import Renderer
 from relay.routing import Router
 from relay.sinks import Sink, SinkContext, build_sinks
@@ -38,6 +41,9 @@ RENDERER = web.AppKey("renderer", Renderer)
 OUTBOX = web.AppKey("outbox", Outbox)
 SINKS = web.AppKey("sinks", dict[str, Sink])
 WORKER = web.AppKey("worker", Worker)
+METRICS = web.AppKey("metrics", Metrics)
+RELOADER = web.AppKey("reloader", Reloader)  # holds the running config once reloaded
+WORKER_TASK: web.AppKey[asyncio.Task[None] | None] = web.AppKey("worker_task")
 
 
 def create_app(
@@ -64,7 +70,19 @@ def create_app(
     app.cleanup_ctx.append(_delivery)
     app.router.add_post(config.server.path, handle_webhook)
     app.router.add_get("/healthz", handle_health)
+    _observability(app, config)
     return app
+
+
+def _observability(app: web.Application, config: Config) -> None:
+    """Readiness, and metrics: counted from the outermost middleware, served here or apart."""
+    app[METRICS] = Metrics()
+    app.middlewares.insert(0, request_counter(app[METRICS], config.server.path))
+    app.router.add_get("/readyz", handle_ready)
+    if config.metrics.enabled and config.metrics.port is None:
+        app.router.add_get("/metrics", handle_metrics)
+    elif config.metrics.enabled:
+        app.cleanup_ctx.append(_metrics_listener)
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -88,6 +106,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             config.delivery,
             clock,
             retention=config.storage.retention,
+            metrics=app[METRICS],
         )
         app[SINKS], app[WORKER] = sinks, worker
         app[INGEST] = Ingest(
@@ -103,14 +122,25 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             on_stored=worker.notify,
             show_personal_data=config.logging.show_personal_data,
         )
+        app[RELOADER] = Reloader(
+            config,
+            http=http,
+            stdout=app[STDOUT],
+            ingest=app[INGEST],
+            worker=worker,
+            metrics=app[METRICS],
+            clock=clock,
+        )
         task = asyncio.create_task(worker.run()) if app[RUN_WORKER] else None
+        app[WORKER_TASK] = task
         yield
         await worker.stop(config.server.shutdown_timeout)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for sink in sinks.values():
+        await app[RELOADER].close()
+        for sink in worker.sinks.values():  # the current ones: a reload may have replaced them
             await sink.close()
 
 
@@ -121,6 +151,38 @@ async def begin_shutdown(app: web.Application) -> None:
 
 async def handle_health(request: web.Request) -> web.Response:
     return answer(200, status="ok")
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    app = request.app
+    subject = Subject(
+        outbox=app.get(OUTBOX),
+        worker_task=app.get(WORKER_TASK),
+        worker_expected=app[RUN_WORKER],
+        config_loaded=RELOADER in app,
+        closing=app[STATE].closing,
+    )
+    failed = await failed_checks(subject)
+    if failed:
+        return answer(503, status="not_ready", failed=failed)
+    return answer(200, status="ready")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    return await _scrape(request.app)
+
+
+async def _scrape(app: web.Application) -> web.Response:
+    body = await app[METRICS].exposition(app[OUTBOX], app[WORKER].gates, app[CLOCK].now())
+    return exposition_response(body)
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    m = app[CONFIG].metrics
+    assert m.port is not None
+    runner = await start_listener(m.host, m.port, lambda: _scrape(app))
+    yield
+    await runner.cleanup()
 
 
 async def serve(config: Config, announce: Callable[[], None]) -> None:
@@ -155,6 +217,7 @@ async def _wait_for_signal(app: web.Application) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].request_reload)
     await stop.wait()
 
 

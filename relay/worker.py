@@ -111,7 +111,7 @@ class Worker:
 
     async def run(self) -> None:
         """Deliver until stopped or cancelled."""
-        await self._report_orphans()
+        await self.report_orphans()
         try:
             while not self._stopping:
                 try:
@@ -155,7 +155,7 @@ class Worker:
             await self.cleanup()
             self._next_cleanup = self._clock.now() + CLEANUP_EVERY
 
-    async def _report_orphans(self) -> None:
+    async def report_orphans(self) -> None:
         orphans = await self._outbox.pending_outside(list(self._sinks))
         if orphans:
             total = sum(orphans.values())
@@ -181,6 +181,8 @@ class Worker:
             return
         capacity = {name: gate.room() for name, gate in self._gates.items()}
         for due in await self._outbox.due(self._clock.now(), capacity, set(self._in_flight)):
+            if due.sink not in self._sinks:
+                continue  # removed by a reload while we were reading the outbox
             sink, gate = self._sinks[due.sink], self._gates[due.sink]
             gate.started()
             task = asyncio.create_task(self._deliver(due, sink, gate), name=f"deliver-{due.id}")
@@ -195,8 +197,9 @@ class Worker:
         delay = IDLE_POLL
         now = self._clock.now()
         for sink, due_at in (await self._outbox.next_due_by_sink(list(self._sinks))).items():
-            allowed_at = self._gates[sink].next_allowed_at()
-            if allowed_at is None and self._gates[sink].room() == 0:
+            gate = self._gates.get(sink)  # None: removed by a reload meanwhile
+            allowed_at = gate.next_allowed_at() if gate is not None else None
+            if gate is None or (allowed_at is None and gate.room() == 0):
                 continue  # full of sends in flight: a finishing one wakes us
             delay = min(delay, max(due_at, allowed_at or now) - now)
         self._wakeup.clear()

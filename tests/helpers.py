@@ -9,7 +9,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "dataslayer-fernet.json"
+# A verbatim copy of shared/vectors (made with the sender's npm library), so a clone is self-contained.
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "dataslayer-fernet.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 SECRET: str = VECTORS["secret"]
 BY_NAME: dict[str, dict[str, Any]] = {v["name"]: v for v in VECTORS["vectors"]}

@@ -9,7 +9,7 @@ from cryptography.fernet import Fernet
 
 from relay.crypto import TokenVerifier, describe_age, encrypt, fernet_key
 from relay.errors import TokenError
-from tests.helpers import BY_NAME, SECRET, VECTORS
+from tests.helpers import BY_NAME, SECRET, VECTORS, VECTORS_PATH
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["name"])
@@ -123,3 +123,11 @@ def test_ages_read_like_a_person_would_say_them():
     assert describe_age(2 * 86400 + 5) == "2 days"
     assert describe_age(3600) == "1 hour"
     assert describe_age(59) == "59 seconds"
+
+
+def test_the_bundled_vectors_are_the_shared_ones():
+    """tests/vectors is a verbatim copy of the project's shared vectors, when those are present."""
+    shared = VECTORS_PATH.parents[3] / "shared" / "vectors" / "dataslayer-fernet.json"
+    if not shared.exists():
+        pytest.skip("shared/ is not beside this checkout")
+    assert shared.read_bytes() == VECTORS_PATH.read_bytes()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 
 import pytest
 
@@ -11,7 +13,7 @@ from relay.clock import FakeClock
 from relay.config import load_config
 from relay.crypto import encrypt
 from relay.errors import ConfigError
-from relay.server import create_app
+from relay.server import WORKER, create_app
 from tests.helpers import BY_NAME, SECRET, VECTOR_NOW, write_config
 
 PATH = "/webhooks/dataslayer"
@@ -244,3 +246,46 @@ async def test_deeply_nested_bodies_get_400_not_500(relay):
         PATH, data=b"[" * 60_000, headers={**JSON, "Content-Type": "application/json"}
     )
     assert response.status == 400
+
+
+async def test_event_data_cannot_forge_log_lines_or_drive_the_terminal(
+    tmp_path, aiohttp_client, caplog
+):
+    """Newlines and ANSI escapes in event fields are escaped in logs and console output."""
+    caplog.set_level(logging.INFO)
+    relay = await make_relay(tmp_path, aiohttp_client)
+    out = io.StringIO()
+    for sink in relay.app[WORKER]._sinks.values():
+        sink.context.stdout = out
+    event = {
+        "type": "shared_connection",
+        "datasource": "x\nFAKE LOG LINE",
+        "email": "\x1b[2Jz@x.io",
+    }
+    token = encrypt(SECRET, json.dumps(event).encode(), now=VECTOR_NOW)
+    assert (await relay.post(PATH, data=body(token), headers=JSON)).status == 200
+    await relay.app[WORKER].drain()
+    assert "\nFAKE LOG LINE" not in caplog.text
+    assert "x\\nFAKE LOG LINE" in caplog.text
+    assert "\x1b" not in out.getvalue()
+    assert "\\x1b[2J" in out.getvalue()
+
+
+async def test_emails_are_masked_in_logs_unless_configured(tmp_path, aiohttp_client, caplog):
+    """By default logs show a***@example.com; [logging] show_personal_data = true shows it all."""
+    caplog.set_level(logging.INFO)
+    relay = await make_relay(tmp_path, aiohttp_client)
+    await relay.post(PATH, data=body(), headers=JSON)
+    assert "a***@example.com" in caplog.text
+    assert "ana.lopez@example.com" not in caplog.text
+    caplog.clear()
+    (tmp_path / "shown").mkdir()
+    config = write_config(
+        tmp_path / "shown",
+        '[logging]\nshow_personal_data = true\n[sinks.out]\ntype = "console"\n',
+    )
+    shown = await aiohttp_client(
+        create_app(load_config(config, environ={}), clock=FakeClock(VECTOR_NOW), run_worker=False)
+    )
+    await shown.post(PATH, data=body(), headers=JSON)
+    assert "ana.lopez@example.com" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from relay.events import printable
 from relay.sinks.base import Message, Part, Sink, SinkConfig
 
 
@@ -18,7 +19,8 @@ class ConsoleSink(Sink):
 
     async def send(self, message: Message) -> None:
         out = self.context.stdout
-        out.write(f"--- {self.name} | event {message.event.id} ---\n{message.parts['text']}\n")
+        text = printable(message.parts["text"], keep_newlines=True)
+        out.write(f"--- {self.name} | event {message.event.id} ---\n{text}\n")
         out.flush()
 
     def describe(self) -> str:

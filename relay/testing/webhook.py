@@ -104,7 +104,8 @@ class FakeReceiver(LocalServer):
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # Cancelling a handler whose client went away keeps shutdown fast after slow replies.
-        self._runner = web.AppRunner(app, handler_cancellation=True)
+        # No access log: webhook URLs often carry tokens, and tests search logs for secrets.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, HOST, self._port)
         await site.start()

@@ -1,0 +1,58 @@
+"""Validating a config completely: what ``relay check``, ``relay serve`` and a reload all run.
+
+The config itself (``load_config``), then every template: compiled, and rendered against a
+sample event for every sink and every event type the routes name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relay.config import Config, load_config
+from relay.errors import ConfigError, Problem
+from relay.events import SAMPLE_EVENT
+from relay.render import Renderer
+from relay.sinks import SINK_TYPES
+
+
+def load_checked(path: Path) -> tuple[Config, Renderer]:
+    """The config at ``path`` and its renderer; ConfigError lists every problem, templates too."""
+    config = load_config(path)
+    try:
+        renderer = Renderer(config.templates.dir, config.templates.timezone)
+    except ValueError as exc:
+        raise ConfigError([Problem("templates", str(exc))]) from None
+    problems = template_problems(config, renderer)
+    if problems:
+        raise ConfigError([Problem("", text) for text in problems])
+    return config, renderer
+
+
+def template_problems(config: Config, renderer: Renderer | None = None) -> list[str]:
+    """One line per template that does not compile or render for a sink; [] when all do."""
+    if renderer is None:
+        try:
+            renderer = Renderer(config.templates.dir, config.templates.timezone)
+        except ValueError as exc:
+            return [f"templates: {exc}"]
+    problems = [str(p) for p in renderer.compile_all()]
+    types = event_types(config)
+    for name, sink in config.sinks.items():
+        parts = SINK_TYPES[sink.type].parts
+        for p in renderer.check_sink(
+            sink_name=name,
+            sink_type=sink.type,
+            parts=parts,
+            template=sink.template,
+            event_types=types,
+        ):
+            problems.append(f"sinks.{name}: {p}")
+    return list(dict.fromkeys(problems))
+
+
+def event_types(config: Config) -> list[str]:
+    """The sample type plus every literal (non-glob) type the routes name."""
+    types = {SAMPLE_EVENT["type"]}
+    for route in config.routes:
+        types.update(t for t in route.type if not any(c in t for c in "*?["))
+    return sorted(types)
