@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from relay import __version__, admin
 from relay.checks import template_problems
 from relay.config import Config, config_warnings, default_config_path, load_config
 from relay.crypto import encrypt
-from relay.errors import ConfigError, EventError, TemplateError
+from relay.errors import ConfigError, EventError, StorageError, TemplateError
 from relay.events import SAMPLE_EVENT, Event, event_from_dict
 from relay.logs import setup_logging
 from relay.render import Renderer
@@ -32,8 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         result: int = args.func(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`relay preview | head`): not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return result
 
 
@@ -182,6 +188,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(config, announce))
+    except StorageError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", s.host, s.port, exc.strerror or exc)
         return 1
@@ -209,7 +218,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem)
         return 1
-    problems = template_problems(config)
+    problems = _storage_problems(config) + template_problems(config)
     for text in problems:
         print(text)
     for warning in config_warnings(config):
@@ -218,6 +227,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"ok: {path} ({len(config.sinks)} sinks, {len(config.routes)} routes)")
     return 0
+
+
+def _storage_problems(config: Config) -> list[str]:
+    """Can the relay create or write its database where the config says?"""
+    path = config.storage.path
+    if path.is_dir():
+        return [f"storage.path: {path} is a folder; name a file, e.g. {path / 'relay.db'}"]
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    if path.exists():
+        writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    else:
+        writable = folder is not None and folder.is_dir() and os.access(folder, os.W_OK)
+    if not writable:
+        return [f"storage.path: cannot create or write {path} (check the folder and permissions)"]
+    return []
 
 
 # -- preview -----------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ runs on one dedicated thread, so the event loop never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from relay.errors import StorageError
 from relay.events import Event
@@ -102,28 +103,34 @@ class _Pending:
 class Outbox:
     """Async facade over the SQLite file; open with ``await Outbox.open(path)``."""
 
-    def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, lock: IO[bytes]
+    ) -> None:
         self._conn = conn
         self._executor = executor
+        self._lock = lock
         self._queue: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> Outbox:
+        lock = _lock(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         loop = asyncio.get_running_loop()
         try:
             conn = await loop.run_in_executor(executor, connect, path)
         except (sqlite3.Error, OSError) as exc:
             executor.shutdown(wait=False)
+            lock.close()
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
-        return cls(conn, executor)
+        return cls(conn, executor, lock)
 
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.shield(self._flusher)
         await self._run(self._conn.close)
         self._executor.shutdown(wait=True)
+        self._lock.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -197,6 +204,25 @@ class Outbox:
         Takes the write lock and lets it go; runs on the outbox's thread, between batches.
         """
         await self._run(_take_write_lock, self._conn)
+
+
+def _lock(path: Path) -> IO[bytes]:
+    """Hold ``<db>.lock`` while serving: two relays on one database would send everything twice."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_path.open("ab")
+    except OSError as exc:
+        raise StorageError(f"cannot open the database {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StorageError(
+            f"another relay is already serving from {path}; run one relay per database "
+            "(`relay outbox` commands work beside it)"
+        ) from None
+    return handle
 
 
 def connect(path: Path) -> sqlite3.Connection:

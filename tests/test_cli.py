@@ -163,3 +163,59 @@ def _send_test_when_up(config):
         if result.returncode == 0 or time.monotonic() > deadline:
             return result
         time.sleep(0.2)
+
+
+def test_check_and_serve_refuse_a_database_path_that_is_a_folder(tmp_path, capsys):
+    """check names storage.path; serve exits 1 with one clear line, no traceback."""
+    config = write_config(tmp_path, f'[storage]\npath = "{tmp_path}"\n')
+    assert main(["check", "-c", str(config)]) == 1
+    assert f"storage.path: {tmp_path} is a folder" in capsys.readouterr().out
+    result = run_relay("serve", "-c", str(config))
+    assert result.returncode == 1
+    assert "cannot start: cannot open the database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_second_relay_on_the_same_database_is_refused(tmp_path):
+    """Two relays on one database would send everything twice; the second one refuses to start."""
+    port = free_port()
+    config = write_config(tmp_path, f"[server]\nport = {port}\n")
+    env = {**os.environ, "DATASLAYER_SECRET": ""}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port)
+        (tmp_path / "second").mkdir()
+        body = f'[server]\nport = {free_port()}\n[storage]\npath = "{tmp_path / "relay.db"}"\n'
+        second = write_config(tmp_path / "second", body)
+        result = run_relay("serve", "-c", str(second))
+        assert result.returncode == 1
+        assert "another relay is already serving from" in result.stderr
+    finally:
+        first.terminate()
+        first.communicate(timeout=20)
+
+
+def test_preview_piped_into_head_exits_quietly():
+    """A closed stdout (``relay preview | head -1``) is not a traceback."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "relay", "preview", "-c", "config.toml"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    ) as proc:  # fmt: skip
+        proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=20)
+    assert "Traceback" not in err
+
+
+def _wait_for_port(port):
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
