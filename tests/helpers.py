@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-# A verbatim copy of shared/vectors (made with the sender's npm library), so a clone is self-contained.
+# A verbatim copy of shared/vectors (made with the sender's npm library): a clone is complete.
 VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "dataslayer-fernet.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 SECRET: str = VECTORS["secret"]
