@@ -46,7 +46,8 @@ def template_problems(config: Config, renderer: Renderer | None = None) -> list[
             template=sink.template,
             event_types=types,
         ):
-            problems.append(f"sinks.{name}: {p}")
+            if str(p) not in problems:  # a syntax error is reported once, not once per sink
+                problems.append(f"sinks.{name}: {p}")
     return list(dict.fromkeys(problems))
 
 

@@ -19,7 +19,7 @@ from relay.checks import template_problems
 from relay.config import Config, config_warnings, default_config_path, load_config
 from relay.crypto import encrypt
 from relay.errors import ConfigError, EventError, StorageError, TemplateError
-from relay.events import SAMPLE_EVENT, Event, event_from_dict
+from relay.events import SAMPLE_EVENT, Event, event_from_dict, reject_constant
 from relay.logs import setup_logging
 from relay.render import Renderer
 from relay.routing import Router
@@ -225,7 +225,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     if problems:
         return 1
-    print(f"ok: {path} ({len(config.sinks)} sinks, {len(config.routes)} routes)")
+    sinks, routes = len(config.sinks), len(config.routes)
+    print(f"ok: {path} ({sinks} sink{'s' * (sinks != 1)}, {routes} route{'s' * (routes != 1)})")
     return 0
 
 
@@ -267,12 +268,22 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _read_event(source: str | None) -> Event:
+    """The event to preview; ValueError says what is wrong with the file."""
     if source is None:
-        data: Any = dict(SAMPLE_EVENT)
-    elif source == "-":
-        data = json.load(sys.stdin)
-    else:
-        data = json.loads(Path(source).read_text(encoding="utf-8"))
+        return event_from_dict(dict(SAMPLE_EVENT), received_at=time.time())
+    name = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {source}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is not UTF-8 text") from None
+    try:
+        data = json.loads(text, parse_constant=reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(
+            f"{name} is not JSON ({exc})" if text.strip() else f"{name} is empty"
+        ) from None
     return event_from_dict(data, received_at=time.time())
 
 
@@ -315,6 +326,9 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     url = args.url or _local_url(config)
+    if not url.startswith(("http://", "https://")):
+        print(f'--url must be an http:// or https:// URL, not "{url}"', file=sys.stderr)
+        return 1
     event = {
         "type": args.type,
         "datasource": args.datasource,
@@ -331,7 +345,21 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"{status} {text}")
+    if status == 401:
+        print(_secret_hint(config), file=sys.stderr)
     return 0 if 200 <= status < 300 else 1
+
+
+def _secret_hint(config: Config) -> str:
+    which = (
+        "the demo secret, as DATASLAYER_SECRET is not set here"
+        if config.uses_demo_secret
+        else ("[dataslayer].secret")
+    )
+    return (
+        f"hint: send-test encrypted with {which} (from {config.path}); the server must use "
+        "the same secret: export the same DATASLAYER_SECRET in both shells"
+    )
 
 
 def _local_url(config: Config) -> str:

@@ -66,6 +66,11 @@ def _message(err: Any) -> str:
         if msg.startswith(lead):
             return msg[len(lead) :]
     msg = msg[0].lower() + msg[1:]
+    # TOML calls them arrays and tables.
+    for python, toml in (("tuple", "array"), ("list", "array"), ("dictionary", "table")):
+        msg = msg.replace(f"valid {python}", f"valid {toml}").replace(
+            f"{python} should", f"{toml} should"
+        )
     if err["type"].endswith(("_type", "_parsing")) and "input" in err:
         msg += f" (got {_toml_kind(err['input'])})"
     return msg

@@ -100,9 +100,9 @@ def parse_event(plaintext: bytes, received_at: float) -> Event:
 
 def event_from_dict(data: Any, received_at: float) -> Event:
     if not isinstance(data, dict):
-        raise EventError(f"decrypted JSON is {_json_kind(data)}, not an object")
+        raise EventError(f"the event is {_json_kind(data)}, not a JSON object")
     if not isinstance(data.get("type"), str) or not data["type"]:
-        raise EventError('decrypted object has no string "type"')
+        raise EventError('the event has no string "type"')
     try:
         text = canonical_json(data).encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"

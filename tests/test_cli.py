@@ -98,14 +98,29 @@ def test_preview_reads_an_event_from_stdin():
     assert "z@example.com" in result.stdout
 
 
-def test_preview_of_a_non_event_is_a_clear_error(tmp_path):
-    """A file that is not an event object is refused with a reason, not a traceback."""
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[1, 2]", "the event is an array, not a JSON object"),
+        ("", "event.json is empty"),
+        ("nope", "event.json is not JSON (Expecting value"),
+        ('\ufeff{"type": "x"}', None),
+        (None, "no such file: "),
+    ],
+    ids=["array", "empty", "not-json", "bom", "missing"],
+)
+def test_preview_of_odd_event_files_is_a_clear_error(tmp_path, content, message):
+    """Files that are not an event are refused with a reason, never a traceback; a BOM is fine."""
     path = tmp_path / "event.json"
-    path.write_text("[1, 2]")
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
     result = run_relay("preview", "-c", "config.toml", str(path))
-    assert result.returncode == 1
-    assert "not an object" in result.stderr
     assert "Traceback" not in result.stderr
+    if message is None:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert message in result.stderr
 
 
 def test_serve_exits_2_on_an_invalid_config(tmp_path):
@@ -219,3 +234,27 @@ def _wait_for_port(port):
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_send_test_explains_a_401_and_refuses_a_bad_url(tmp_path):
+    """A 401 comes with a hint about the secret; a URL without a scheme is refused up front."""
+    result = run_relay("send-test", "-c", "config.toml", "--url", "notaurl")
+    assert result.returncode == 1
+    assert 'must be an http:// or https:// URL, not "notaurl"' in result.stderr
+    port = free_port()
+    config = write_config(tmp_path, f"[server]\nport = {port}\n")  # the vectors' secret
+    env = {**os.environ, "DATASLAYER_SECRET": ""}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port)
+        url = f"http://127.0.0.1:{port}/webhooks/dataslayer"
+        result = run_relay("send-test", "-c", "config.toml", "--url", url)  # the demo secret
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert result.returncode == 1
+    assert result.stdout.startswith("401 ")
+    assert "hint: send-test encrypted with the demo secret" in result.stderr

@@ -230,5 +230,5 @@ def test_union_keys_report_one_clean_path(tmp_path):
     assert problems == [
         "sinks.crm.headers.Authorization: input should be a valid string (got an integer)",
         "sinks.crm.signing_secret: input should be a valid string (got an integer), "
-        "or input should be a valid list (got an integer)",
+        "or input should be a valid array (got an integer)",
     ]

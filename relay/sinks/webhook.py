@@ -100,12 +100,12 @@ class WebhookConfig(SinkConfig):
     def _header_names(cls, value: dict[str, Secret]) -> dict[str, Secret]:
         for name, secret in value.items():
             if not _TOKEN.match(name):
-                raise ValueError(f"headers: {name!r} is not a valid header name")
+                raise ValueError(f"{name!r} is not a valid header name")
             if name.lower() in RESERVED_HEADERS:
-                raise ValueError(f"headers: {name!r} is set by the relay and cannot be configured")
+                raise ValueError(f"{name!r} is set by the relay and cannot be configured")
             if re.search(r"[\x00-\x1f\x7f]", secret.reveal().replace("\t", " ")):
                 raise ValueError(
-                    f"headers: the value of {name!r} contains a line break or control character"
+                    f"the value of {name!r} contains a line break or control character"
                 )
         return value
 
