@@ -290,6 +290,10 @@ def _expand_string(
             problems.append(Problem(path, f"environment variable {name} is not set"))
         return ""
 
+    if "${" in _VAR.sub("", text):
+        problems.append(
+            Problem(path, "has an unclosed or invalid ${...}; write $${ for a literal ${")
+        )
     return _VAR.sub(replace, text)
 
 
@@ -307,9 +311,19 @@ def _validate(data: dict[str, Any], path: Path, problems: list[Problem]) -> Conf
     sinks = _validate_sinks(raw.sinks, problems)
     _check_sink_references(raw, problems)
     _check_replay_window(raw.dataslayer, problems)
+    sinks = {name: _resolve_paths(sink, path.parent) for name, sink in sinks.items()}
+    _check_files(sinks, problems)
     if problems:
         return None
     return _build(raw, sinks, path)
+
+
+def _check_files(sinks: Mapping[str, SinkConfig], problems: list[Problem]) -> None:
+    """Files a sink names (e.g. tls_ca_file) must exist now, not fail at the first send."""
+    for name, sink in sinks.items():
+        for key, value in sink:
+            if isinstance(value, Path) and not value.is_file():
+                problems.append(Problem(f"sinks.{name}.{key}", f"no such file: {value}"))
 
 
 def _validate_sinks(raw_sinks: Any, problems: list[Problem]) -> dict[str, SinkConfig]:
@@ -380,7 +394,7 @@ def _build(raw: _RawConfig, sinks: dict[str, SinkConfig], path: Path) -> Config:
         templates=raw.templates.model_copy(update={"dir": folder / raw.templates.dir}),
         logging=raw.logging,
         metrics=raw.metrics,
-        sinks={name: _resolve_paths(sink, folder) for name, sink in sinks.items()},
+        sinks=sinks,
         routes=tuple(
             Route(_as_tuple(r.datasource), _as_tuple(r.type), tuple(dict.fromkeys(r.sinks)))
             for r in raw.routes
@@ -423,6 +437,11 @@ def config_warnings(config: Config) -> list[str]:
         warnings.append(
             "storage.retention: shorter than dataslayer.dedup_window, so a delivered event can be "
             "forgotten, and accepted again, before its dedup window ends"
+        )
+    if not config.templates.dir.is_dir():
+        warnings.append(
+            f"templates.dir: {config.templates.dir} does not exist; only the built-in templates "
+            "are used"
         )
     if not config.routes and not config.fallback:
         warnings.append("routes: no routes and no fallback; events are stored but sent nowhere")

@@ -197,6 +197,8 @@ def test_relative_paths_in_sinks_resolve_against_the_config_folder(tmp_path):
     to = ["ops@example.com"]
     tls_ca_file = "certs/ca.pem"
     """
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
     config = load_config(write_config(tmp_path, body), environ={})
     assert config.sinks["mail"].tls_ca_file == tmp_path / "certs" / "ca.pem"
 
@@ -232,3 +234,29 @@ def test_union_keys_report_one_clean_path(tmp_path):
         "sinks.crm.signing_secret: input should be a valid string (got an integer), "
         "or input should be a valid array (got an integer)",
     ]
+
+
+def test_a_missing_tls_ca_file_is_reported_at_load(tmp_path):
+    """A sink naming a file that does not exist fails relay check, not the first send."""
+    body = """
+    [sinks.mail]
+    type = "email"
+    host = "127.0.0.1"
+    from = "relay@example.com"
+    to = "ops@example.com"
+    tls_ca_file = "missing-ca.pem"
+    """
+    problems = _problems(tmp_path, body)
+    assert problems == [f"sinks.mail.tls_ca_file: no such file: {tmp_path / 'missing-ca.pem'}"]
+
+
+def test_an_unclosed_variable_is_an_error(tmp_path):
+    """`${NAME` without its brace is a problem naming the key, not a literal host name."""
+    problems = _problems(tmp_path, '[server]\nhost = "${NOPE_HOST"\n')
+    assert problems == ["server.host: has an unclosed or invalid ${...}; write $${ for a literal ${"]
+
+
+def test_a_missing_templates_folder_is_a_warning(tmp_path):
+    """A misspelt [templates].dir is pointed out, since only built-ins would be used."""
+    config = load_config(write_config(tmp_path, '[templates]\ndir = "tempaltes"\n'), environ={})
+    assert any(w.startswith("templates.dir:") for w in config_warnings(config))
