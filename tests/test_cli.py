@@ -258,3 +258,30 @@ def test_send_test_explains_a_401_and_refuses_a_bad_url(tmp_path):
     assert result.returncode == 1
     assert result.stdout.startswith("401 ")
     assert "hint: send-test encrypted with the demo secret" in result.stderr
+
+
+def test_the_readme_template_example_gives_a_text_only_slack_message(tmp_path, capsys):
+    """README "Adding a template": the sink sends the one-line text and no blocks."""
+    folder = tmp_path / "templates" / "ads-short"
+    folder.mkdir(parents=True)
+    (folder / "slack.text.j2").write_text(
+        '<!here> {{ email or "Someone" }} connected *{{ datasource_name or "a data source" }}*.\n'
+    )
+    (folder / "slack.blocks.j2").write_text("{# text only: no blocks #}\n")
+    body = """
+    [sinks.ads-slack]
+    type = "slack"
+    webhook_url = "https://hooks.slack.com/services/T/B/x"
+    template = "ads-short"
+    [[routes]]
+    datasource = "*_ads"
+    sinks = ["ads-slack"]
+    """
+    config = str(write_config(tmp_path, body))
+    assert main(["check", "-c", config]) == 0
+    capsys.readouterr()
+    assert main(["preview", "-c", config]) == 0
+    out = capsys.readouterr().out
+    assert "=== ads-slack (slack) ===" in out
+    assert "<!here> ana.lopez@example.com connected *Google Ads*." in out
+    assert "--- blocks ---" not in out

@@ -270,3 +270,21 @@ async def test_accepted_events_survive_a_restart_and_arrive_exactly_once(
     emails = sorted(m["text"].split("*")[1] for m in slack.messages)
     assert emails == [f"c{n}@example.com" for n in range(4)]
     assert len(set(ids)) == 4
+
+
+async def test_slack_down_then_back_at_the_same_url_gets_the_message(
+    tmp_path, clock, aiohttp_client
+):
+    """While nothing listens the delivery waits; once Slack is back on its URL it arrives once."""
+    async with FakeSlack() as first:
+        port = first.port
+        config = slack_config(tmp_path, first)
+    app = create_app(config, clock=clock, run_worker=False)
+    client = await aiohttp_client(app)
+    await post_token(client, BY_NAME["basic"]["token"])
+    await app[WORKER].drain()  # refused: Slack is down
+    assert (await app[OUTBOX].counts())["retrying"] == 1
+    async with FakeSlack(port=port) as back:
+        clock.advance(3600)
+        await app[WORKER].drain()
+        assert len(back.messages) == 1

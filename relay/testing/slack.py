@@ -69,7 +69,8 @@ class FakeSlack(LocalServer):
     """Slack on 127.0.0.1 and a free port; use as ``async with FakeSlack() as slack``.
 
     ``token`` is the bot token ``chat.postMessage`` expects (any token when None);
-    ``unknown_channels`` answer ``channel_not_found``.
+    ``unknown_channels`` answer ``channel_not_found``. ``port`` 0 picks a free port; a fixed one
+    lets a test bring Slack "back up" at the same URL.
     """
 
     def __init__(
@@ -78,11 +79,12 @@ class FakeSlack(LocalServer):
         token: str | None = None,
         unknown_channels: set[str] | frozenset[str] = frozenset(),
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.token = token
         self.unknown_channels = frozenset(unknown_channels)
         self.host = host
-        self.port = 0
+        self.port = port
         self.messages: list[dict[str, Any]] = []
         self.requests: list[ReceivedRequest] = []
         self._script: list[Answer] = []
@@ -149,7 +151,7 @@ class FakeSlack(LocalServer):
         # log: a webhook's path is its secret, and tests check that nothing logs it.
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
