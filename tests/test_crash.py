@@ -20,11 +20,11 @@ from tests.helpers_process import RelayProcess, free_port
 SIGNING = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def relay_config(tmp_path, receiver, port, extra=""):
+def relay_config(tmp_path, receiver, port, extra="", shutdown_timeout=5):
     body = f"""
     [server]
     port = {port}
-    shutdown_timeout = 5
+    shutdown_timeout = {shutdown_timeout}
     [delivery]
     initial_backoff = 0.2
     max_backoff = 1
@@ -108,15 +108,22 @@ async def test_sigkill_during_a_burst_loses_nothing_acknowledged(tmp_path):
         assert all(r.verified for r in receiver.requests)
 
 
+async def start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout):
+    """A relay whose one delivery is being sent to ``receiver`` right now."""
+    port = free_port()
+    config = relay_config(tmp_path, receiver, port, "timeout = 120", shutdown_timeout)
+    relay = RelayProcess(config, port)
+    await relay.start()
+    await post_all(f"{relay.url}/webhooks/dataslayer", make_tokens(0, 1), set())
+    await receiver.wait_for(1)
+    return relay
+
+
 async def test_sigterm_lets_a_send_in_flight_finish(tmp_path):
     """SIGTERM while a send is under way: the relay waits for it, records it, and exits 0."""
-    port = free_port()
     async with FakeReceiver([SIGNING], replies=[Reply(200, delay=1.0)]) as receiver:
-        relay = RelayProcess(relay_config(tmp_path, receiver, port), port)
+        relay = await start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout=5)
         try:
-            await relay.start()
-            await post_all(f"{relay.url}/webhooks/dataslayer", make_tokens(0, 1), set())
-            await receiver.wait_for(1)
             relay.signal(signal.SIGTERM)
             assert await relay.wait() == 0
         finally:
@@ -126,17 +133,9 @@ async def test_sigterm_lets_a_send_in_flight_finish(tmp_path):
 
 async def test_sigterm_past_the_deadline_leaves_the_send_pending_then_delivers(tmp_path):
     """A send slower than shutdown_timeout is cut off, stays pending, and goes out after restart."""
-    port = free_port()
     async with FakeReceiver([SIGNING], replies=[Reply(200, delay=60)]) as receiver:
-        config = relay_config(tmp_path, receiver, port, extra="timeout = 120")
-        config.write_text(
-            config.read_text().replace("shutdown_timeout = 5", "shutdown_timeout = 0.5")
-        )
-        relay = RelayProcess(config, port)
+        relay = await start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout=0.5)
         try:
-            await relay.start()
-            await post_all(f"{relay.url}/webhooks/dataslayer", make_tokens(0, 1), set())
-            await receiver.wait_for(1)
             relay.signal(signal.SIGTERM)
             assert await relay.wait() == 0
             assert _statuses(tmp_path) == ["pending"]
@@ -152,17 +151,9 @@ async def test_sigterm_past_the_deadline_leaves_the_send_pending_then_delivers(t
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_a_second_signal_exits_at_once(tmp_path, sig):
     """During a graceful shutdown a second signal ends the process without waiting."""
-    port = free_port()
     async with FakeReceiver([SIGNING], replies=[Reply(200, delay=60)]) as receiver:
-        config = relay_config(tmp_path, receiver, port, extra="timeout = 120")
-        config.write_text(
-            config.read_text().replace("shutdown_timeout = 5", "shutdown_timeout = 60")
-        )
-        relay = RelayProcess(config, port)
+        relay = await start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout=60)
         try:
-            await relay.start()
-            await post_all(f"{relay.url}/webhooks/dataslayer", make_tokens(0, 1), set())
-            await receiver.wait_for(1)
             relay.signal(sig)
             await eventually(lambda: "shutting down" in relay.log.read_text())
             relay.signal(sig)
