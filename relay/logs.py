@@ -8,17 +8,26 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.events import mask_emails_in
+from relay.events import mask_emails_in, printable
 
 
 class MaskPersonalData(logging.Filter):
-    """Masks email addresses in the final message (``ana@x.com`` -> ``a***@x.com``)."""
+    """The last line of defence for every log line.
+
+    Masks email addresses (``ana@x.com`` -> ``a***@x.com``) unless ``mask_emails`` is False
+    (``[logging] show_personal_data = true``), and always escapes control characters, so text
+    that came from outside (event fields, a receiver's error body) cannot forge log lines.
+    """
+
+    def __init__(self, mask_emails: bool = True) -> None:
+        super().__init__()
+        self._mask_emails = mask_emails
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_emails_in(message)
-        if masked != message:
-            record.msg, record.args = masked, None
+        cleaned = printable(mask_emails_in(message) if self._mask_emails else message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
         return True
 
 
@@ -29,7 +38,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", show_personal_data: bo
     """Log to standard error at ``level``, as readable text or (``fmt="json"``) JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(MaskPersonalData())
+    handler.addFilter(MaskPersonalData(mask_emails=not show_personal_data))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -223,8 +223,8 @@ def request_counter(metrics: Metrics, path: str) -> Middleware:
             return await handler(request)
         try:
             response = await handler(request)
-        except web.HTTPException as exc:
-            metrics.request(outcome_of(exc))
+        except web.HTTPException as exc:  # not turned into JSON inside: a redirect, say
+            metrics.request(f"http_{exc.status}")
             raise
         except Exception:
             metrics.request("error")

@@ -69,7 +69,7 @@ class Renderer:
             keep_trailing_newline=False,
             trim_blocks=True,
             lstrip_blocks=True,
-            auto_reload=False,  # compiled once; restart the relay to pick up template edits
+            auto_reload=False,  # compiled once; a reload (SIGHUP) picks up template edits
             finalize=make_finalize(kind),
         )
         env.filters["tojson"] = make_tojson(kind)

@@ -63,6 +63,7 @@ def create_app(
     app[STDOUT] = stdout or sys.stdout
     app[RUN_WORKER] = run_worker
     app[RENDERER] = Renderer(config.templates.dir, config.templates.timezone)
+    app[RENDERER].compile_all()  # read the templates now, as checked; later edits need a reload
     app[STATE] = State()
     app[GATE] = Gate.from_config(config, app[CLOCK])
     app.on_shutdown.append(begin_shutdown)
@@ -191,6 +192,7 @@ async def serve(config: Config, announce: Callable[[], None]) -> None:
     Graceful: stop accepting (new posts get 503), give sends in flight
     ``[server].shutdown_timeout`` seconds, leave the rest pending for the next start.
     """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while starting: not a kill
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()

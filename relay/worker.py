@@ -85,11 +85,10 @@ class Worker:
         unchanged keeps its gate, so its breaker and rate carry over.
         """
         old_sinks, old_gates = self._sinks, self._gates
+        same_backoff = delivery.max_backoff == self._delivery.max_backoff
         self._gates = {
             name: old_gates[name]
-            if name in old_sinks
-            and old_sinks[name].config == sink.config
-            and delivery.max_backoff == self._delivery.max_backoff
+            if same_backoff and _same_config(old_sinks.get(name), sink)
             else self._gate(sink, delivery)
             for name, sink in sinks.items()
         }
@@ -309,6 +308,10 @@ class Worker:
         d = self._delivery
         base = min(d.max_backoff, d.initial_backoff * 2 ** (attempt - 1))
         return float(base * self._rng.uniform(0.5, 1.0))
+
+
+def _same_config(old: Sink | None, new: Sink) -> bool:
+    return old is not None and old.config == new.config
 
 
 def _about(due: Due) -> dict[str, Any]:

@@ -253,7 +253,9 @@ def test_a_missing_tls_ca_file_is_reported_at_load(tmp_path):
 def test_an_unclosed_variable_is_an_error(tmp_path):
     """`${NAME` without its brace is a problem naming the key, not a literal host name."""
     problems = _problems(tmp_path, '[server]\nhost = "${NOPE_HOST"\n')
-    assert problems == ["server.host: has an unclosed or invalid ${...}; write $${ for a literal ${"]
+    assert problems == [
+        "server.host: has an unclosed or invalid ${...}; write $${ for a literal ${"
+    ]
 
 
 def test_a_missing_templates_folder_is_a_warning(tmp_path):

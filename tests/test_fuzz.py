@@ -66,7 +66,11 @@ def token_for(value) -> str:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: (
         st.lists(children, max_size=5) | st.dictionaries(st.text(), children, max_size=5)
     ),
@@ -129,7 +133,10 @@ def test_valid_tokens_over_random_plaintexts_are_200_or_422(relay, value):
 @given(
     datasource=nasty_text,
     email=nasty_text | st.integers() | st.none() | st.lists(st.text(), max_size=3),
-    created=st.integers() | st.floats(allow_nan=False) | nasty_text | st.none(),
+    created=st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | nasty_text
+    | st.none(),
     extra=st.dictionaries(st.text(max_size=10), nasty_text, max_size=4),
 )
 def test_hostile_event_fields_are_accepted_and_rendered(relay, datasource, email, created, extra):
