@@ -8,7 +8,6 @@ named by its TOML path. Relative paths resolve against the config file's folder.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from relay.config_env import expand_env, follows_from
 from relay.config_errors import problems_from_validation, suggest
 from relay.crypto import DEFAULT_MAX_CLOCK_SKEW, fernet_key
 from relay.errors import ConfigError, Problem
@@ -230,18 +230,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
     problems.clear()
     config = _validate(expanded, path.resolve(), problems)
     if unset or problems or config is None:
-        raise ConfigError(unset + [p for p in problems if not _follows_from(p, unset)])
+        raise ConfigError(unset + [p for p in problems if not follows_from(p, unset)])
     return config
-
-
-def _follows_from(problem: Problem, unset: list[Problem]) -> bool:
-    """True when ``problem`` is just a consequence of an unset variable at a related path."""
-    return any(
-        u.path == problem.path
-        or u.path.startswith((problem.path + ".", problem.path + "["))
-        or problem.path.startswith((u.path + ".", u.path + "["))
-        for u in unset
-    )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -256,49 +246,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([Problem("", f"{path} is not valid TOML: {exc}")]) from None
     except UnicodeDecodeError:
         raise ConfigError([Problem("", f"{path} is not UTF-8 text")]) from None
-
-
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_env(
-    value: Any, environ: Mapping[str, str], problems: list[Problem], path: str = ""
-) -> Any:
-    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string; ``$$`` is a literal ``$``."""
-    if isinstance(value, str):
-        return _expand_string(value, environ, problems, path)
-    if isinstance(value, dict):
-        return {k: expand_env(v, environ, problems, _join(path, k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, environ, problems, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-def _expand_string(
-    text: str, environ: Mapping[str, str], problems: list[Problem], path: str
-) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        value = environ.get(name)
-        if value:
-            return value
-        if default is not None:
-            return default
-        if value is None:
-            problems.append(Problem(path, f"environment variable {name} is not set"))
-        return ""
-
-    if "${" in _VAR.sub("", text):
-        problems.append(
-            Problem(path, "has an unclosed or invalid ${...}; write $${ for a literal ${")
-        )
-    return _VAR.sub(replace, text)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def _validate(data: dict[str, Any], path: Path, problems: list[Problem]) -> Config | None:
