@@ -134,27 +134,31 @@ def slack_app(args: argparse.Namespace) -> web.Application:
 # -- naive receiver ----------------------------------------------------------------------------
 
 
+SLACK_SESSION = web.AppKey("slack_session", aiohttp.ClientSession)
+
+
+async def _slack_session(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        app[SLACK_SESSION] = session
+        yield
+
+
 def naive_app(args: argparse.Namespace) -> web.Application:
     """Dataslayer's documented receiver, made as generous as asyncio allows (no worker limit)."""
     fernet = Fernet(fernet_key(args.secret))
-    session: list[aiohttp.ClientSession] = []
-
-    async def http(app: web.Application) -> AsyncIterator[None]:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
-            session.append(client)
-            yield
 
     async def hook(request: web.Request) -> web.Response:
         token = (await request.json())["encrypted_data"]
         event = json.loads(fernet.decrypt(token.encode("ascii")))
         text = f"{event.get('email')} connected {event.get('datasource')}"
-        async with session[0].post(args.slack_url, json={"text": text}) as answer:
+        session = request.app[SLACK_SESSION]
+        async with session.post(args.slack_url, json={"text": text}) as answer:
             await answer.read()
-            status = 200 if answer.status == 200 else 502
-        return web.json_response({"status": "ok" if status == 200 else "slack failed"}, status=status)
+            posted = answer.status == 200
+        return web.json_response({"posted": posted}, status=200 if posted else 502)
 
     app = web.Application()
-    app.cleanup_ctx.append(http)
+    app.cleanup_ctx.append(_slack_session)
     app.router.add_post(HOOK_PATH, hook)
     return app
 

@@ -25,6 +25,7 @@ from relay.crypto import encrypt
 
 REQUEST_TIMEOUT = 30.0  # seconds for one request; a bounded run must not wait forever
 FAILED = -1  # status recorded for a request that got no HTTP answer (timeout, reset)
+_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def make_bodies(spec: LoadSpec) -> list[bytes]:
 
 async def _send_all(spec: LoadSpec, bodies: list[bytes]) -> LoadResult:
     result = LoadResult()
-    connector = aiohttp.TCPConnector(limit=spec.concurrency, force_close=False)
+    connector = aiohttp.TCPConnector(limit=spec.concurrency)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         cpu = time.process_time()
@@ -118,9 +119,6 @@ async def _post(
     result.status.append(status)
     if b'"duplicate"' in text:
         result.duplicates += 1
-
-
-_HEADERS = {"Content-Type": "application/json"}
 
 
 async def _closed_loop(
