@@ -208,7 +208,9 @@ class Outbox:
 
 def _lock(path: Path) -> IO[bytes]:
     """Hold ``<db>.lock`` while serving: two relays on one database would send everything twice."""
-    lock_path = path.with_name(path.name + ".lock")
+    # Named after the real file, so a symlink or another spelling of the path meets the same lock.
+    real = path.resolve()
+    lock_path = real.with_name(real.name + ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = lock_path.open("ab")

@@ -98,3 +98,22 @@ async def test_pending_deliveries_survive_reopening(tmp_path):
         assert len(await outbox.due(1000.0, {"a": 4}, set())) == 1
     finally:
         await outbox.close()
+
+
+async def test_a_second_outbox_on_the_same_file_is_refused_even_through_a_symlink(tmp_path):
+    """Two relays on one database would double-send; another spelling of the path does not help."""
+    from relay.errors import StorageError
+
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    try:
+        (tmp_path / "link.db").symlink_to(tmp_path / "relay.db")
+        for other in (tmp_path / "link.db", tmp_path / "." / "relay.db"):
+            try:
+                second = await Outbox.open(other)
+            except StorageError as exc:
+                assert "another relay is already serving" in str(exc)
+            else:
+                await second.close()
+                raise AssertionError(f"{other} opened beside a running outbox")
+    finally:
+        await outbox.close()
