@@ -8,6 +8,7 @@ named by its TOML path. Relative paths resolve against the config file's folder.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import zoneinfo
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from pydantic import (
 
 from relay.config_env import expand_env, follows_from
 from relay.config_errors import problems_from_validation, suggest
+from relay.config_types import Bool, Float, Int
 from relay.crypto import DEFAULT_MAX_CLOCK_SKEW, fernet_key
 from relay.errors import ConfigError, Problem
 from relay.guard import parse_networks
@@ -39,7 +41,13 @@ CONFIG_ENV = "RELAY_CONFIG"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
+
+
+RESERVED_PATHS = ("/healthz", "/readyz", "/metrics")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class AuthConfig(_Section):
@@ -57,18 +65,22 @@ class AuthConfig(_Section):
             raise ValueError('type = "basic" needs username and password')
         if self.type == "header" and not (self.header and self.value):
             raise ValueError('type = "header" needs header (its name) and value')
+        if self.username and ":" in self.username:
+            raise ValueError('username cannot contain ":" (basic auth splits on it)')
+        if self.header and not _HEADER_NAME.match(self.header):
+            raise ValueError(f'"{self.header}" is not a valid header name')
         return self
 
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: Int = Field(default=8080, ge=1, le=65535)
     path: str = "/webhooks/dataslayer"
-    max_body_bytes: int = Field(default=65536, ge=64, le=64 * 1024 * 1024)
-    shutdown_timeout: float = Field(default=10.0, ge=0)
+    max_body_bytes: Int = Field(default=65536, ge=64, le=64 * 1024 * 1024)
+    shutdown_timeout: Float = Field(default=10.0, ge=0, le=3600)
     allow_ips: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
-    max_failures_per_minute: int = Field(default=30, ge=0)
+    max_failures_per_minute: Int = Field(default=30, ge=0)
     auth: AuthConfig | None = None
 
     @field_validator("allow_ips", "trusted_proxies")
@@ -82,15 +94,17 @@ class ServerConfig(_Section):
     def _path_is_absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError('must start with "/"')
+        if value.rstrip("/") in RESERVED_PATHS:
+            raise ValueError(f'"{value}" is the relay\'s own endpoint; choose another path')
         return value
 
 
 class DataslayerConfig(_Section):
     secret: Secret
     previous_secrets: tuple[Secret, ...] = ()
-    max_token_age: int = Field(default=86400, ge=0)
-    dedup_window: int = Field(default=86400, ge=0)
-    max_clock_skew: int = Field(default=DEFAULT_MAX_CLOCK_SKEW, ge=0)
+    max_token_age: Int = Field(default=86400, ge=0, le=366 * 86400)
+    dedup_window: Int = Field(default=86400, ge=0, le=366 * 86400)
+    max_clock_skew: Int = Field(default=DEFAULT_MAX_CLOCK_SKEW, ge=0, le=86400)
 
     @field_validator("secret")
     @classmethod
@@ -115,14 +129,16 @@ class DataslayerConfig(_Section):
 
 class StorageConfig(_Section):
     path: Path = Path("relay.db")
-    retention: int = Field(default=7 * 86400, ge=0)  # seconds; 0 = keep delivered events forever
+    retention: Int = Field(
+        default=7 * 86400, ge=0, le=10 * 366 * 86400
+    )  # seconds; 0 = keep delivered events forever
 
 
 class DeliveryConfig(_Section):
-    max_attempts: int = Field(default=10, ge=1)
-    initial_backoff: float = Field(default=5.0, gt=0)
-    max_backoff: float = Field(default=3600.0, gt=0)
-    timeout: float = Field(default=15.0, gt=0)
+    max_attempts: Int = Field(default=10, ge=1, le=1000)
+    initial_backoff: Float = Field(default=5.0, gt=0, le=86400)
+    max_backoff: Float = Field(default=3600.0, gt=0, le=7 * 86400)
+    timeout: Float = Field(default=15.0, gt=0, le=3600)
 
 
 class TemplatesConfig(_Section):
@@ -148,7 +164,7 @@ def _one_or_many(value: Any) -> Any:
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
-    show_personal_data: bool = False
+    show_personal_data: Bool = False
 
     @field_validator("level", mode="before")
     @classmethod
@@ -157,9 +173,9 @@ class LoggingConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    enabled: bool = True
+    enabled: Bool = True
     host: str = "127.0.0.1"  # only used with a port of its own
-    port: int | None = Field(default=None, ge=1, le=65535)  # None: on the main server
+    port: Int | None = Field(default=None, ge=1, le=65535)  # None: on the main server
 
 
 Patterns = Annotated[list[str], BeforeValidator(_one_or_many)]
@@ -254,10 +270,12 @@ def _validate(data: dict[str, Any], path: Path, problems: list[Problem]) -> Conf
     except ValidationError as exc:
         problems.extend(problems_from_validation(exc, _RawConfig))
         _validate_sinks(data.get("sinks"), problems)
+        _check_sink_references(data, problems)
         return None
     sinks = _validate_sinks(raw.sinks, problems)
-    _check_sink_references(raw, problems)
+    _check_sink_references(data, problems)
     _check_replay_window(raw.dataslayer, problems)
+    _check_ports(raw, problems)
     sinks = {name: _resolve_paths(sink, path.parent) for name, sink in sinks.items()}
     _check_files(sinks, problems)
     if problems:
@@ -307,14 +325,38 @@ def _validate_sink(name: str, table: dict[str, Any], problems: list[Problem]) ->
         return None
 
 
-def _check_sink_references(raw: _RawConfig, problems: list[Problem]) -> None:
-    lists = [(f"routes[{i}].sinks", r.sinks) for i, r in enumerate(raw.routes)]
-    lists.append(("fallback.sinks", raw.fallback.sinks))
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _check_sink_references(data: dict[str, Any], problems: list[Problem]) -> None:
+    """Route and fallback sink names must name sinks; checked on the raw tables so that these
+    problems are listed together with any others, not in a second pass."""
+    sinks = _table(data, "sinks")
+    routes = data.get("routes")
+    routes = routes if isinstance(routes, list) else []
+    fallback = _table(data, "fallback")
+    lists = [
+        (f"routes[{i}].sinks", r.get("sinks")) for i, r in enumerate(routes) if isinstance(r, dict)
+    ]
+    lists.append(("fallback.sinks", fallback.get("sinks")))
     for path, names in lists:
-        for j, name in enumerate(names):
-            if name not in raw.sinks:
-                hint = suggest(name, raw.sinks)
+        for j, name in enumerate(names if isinstance(names, list) else []):
+            if isinstance(name, str) and name not in sinks:
+                hint = suggest(name, sinks)
                 problems.append(Problem(f"{path}[{j}]", f'unknown sink "{name}"{hint}'))
+
+
+def _check_ports(raw: _RawConfig, problems: list[Problem]) -> None:
+    if raw.metrics.port is not None and raw.metrics.port == raw.server.port:
+        problems.append(
+            Problem(
+                "metrics.port",
+                f"{raw.metrics.port} is also server.port; leave metrics.port unset to serve "
+                "/metrics on the webhook server, or choose another port",
+            )
+        )
 
 
 def _check_replay_window(ds: DataslayerConfig, problems: list[Problem]) -> None:
@@ -364,9 +406,22 @@ def _as_tuple(patterns: list[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _access_warnings(config: Config) -> list[str]:
+    found = []
+    ds = config.dataslayer
+    if ds.secret in ds.previous_secrets:
+        found.append("dataslayer.previous_secrets: holds the current secret too; remove it")
+    if any(net.prefixlen == 0 for net in parse_networks(config.server.trusted_proxies)):
+        found.append(
+            "server.trusted_proxies: trusts every address, so any client can choose the address "
+            "the failure limit and allow_ips see (X-Forwarded-For); list only your proxies"
+        )
+    return found
+
+
 def config_warnings(config: Config) -> list[str]:
     """Things that work but are probably not what the user wants."""
-    warnings = []
+    warnings = _access_warnings(config)
     if config.uses_demo_secret:
         warnings.append(
             "dataslayer.secret: the demo secret is in use; anyone who has read this project's "

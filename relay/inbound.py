@@ -70,7 +70,10 @@ def answer(http_status: int, /, headers: dict[str, str] | None = None, **body: A
 
 async def handle_webhook(request: web.Request) -> web.Response:
     gate = request.app[GATE]
-    client = client_address(request.remote, request.headers.get("X-Forwarded-For"), gate.trusted)
+    # Repeated header lines are one comma-separated list (RFC 9110); some proxies add a line
+    # rather than append, so reading only the first would trust what the client wrote.
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", [])) or None
+    client = client_address(request.remote, forwarded, gate.trusted)
     refused = _refuse(request, gate, client)
     if refused is not None:
         return refused

@@ -8,6 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from relay.events import mask_emails_in, printable
 
 
@@ -43,6 +45,21 @@ def setup_logging(level: str = "INFO", fmt: str = "text", show_personal_data: bo
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.filters[:] = [QuietMalformedRequests()]
+
+
+class QuietMalformedRequests(logging.Filter):
+    """A request that is not valid HTTP (huge or broken headers) is the client's fault: one
+    warning line, not an ERROR with a traceback, and none of the request's bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "refused a malformed HTTP request (%s)", (type(exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 # Keys that log calls pass in ``extra`` and that JSON lines carry when present.

@@ -200,6 +200,9 @@ async def serve(config: Config, announce: Callable[[], None]) -> None:
         await web.TCPSite(runner, config.server.host, config.server.port).start()
         announce()
         await _wait_for_signal(app)
+        # Still listening while sends in flight finish: new posts get 503 (with Retry-After),
+        # /readyz says not ready, /healthz stays up; only then do the sockets close.
+        await app[WORKER].stop(config.server.shutdown_timeout)
     finally:
         await runner.cleanup()
 

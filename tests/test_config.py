@@ -262,3 +262,60 @@ def test_a_missing_templates_folder_is_a_warning(tmp_path):
     """A misspelt [templates].dir is pointed out, since only built-ins would be used."""
     config = load_config(write_config(tmp_path, '[templates]\ndir = "tempaltes"\n'), environ={})
     assert any(w.startswith("templates.dir:") for w in config_warnings(config))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[delivery]\ntimeout = inf\n", "delivery.timeout: input should be a finite number"),
+        (
+            "[delivery]\ninitial_backoff = 1e300\n",
+            "delivery.initial_backoff: input should be less than or equal to 86400",
+        ),
+        (
+            "[server]\nmax_failures_per_minute = true\n",
+            "server.max_failures_per_minute: input should be a number, not a boolean",
+        ),
+        (
+            '[logging]\nshow_personal_data = "yes"\n',
+            "logging.show_personal_data: input should be a valid boolean",
+        ),
+        ("[server]\nport = 0\n", "server.port: input should be greater than or equal to 1"),
+        ('[server]\npath = "/metrics"\n', 'server.path: "/metrics" is the relay\'s own endpoint'),
+        (
+            '[server.auth]\ntype = "basic"\nusername = "a:b"\npassword = "x"\n',
+            'server.auth: username cannot contain ":"',
+        ),
+        (
+            '[server.auth]\ntype = "header"\nheader = "X Relay: Token"\nvalue = "x"\n',
+            'server.auth: "X Relay: Token" is not a valid header name',
+        ),
+        ("[metrics]\nport = 8080\n", "metrics.port: 8080 is also server.port"),
+        (
+            '[sinks.s]\ntype = "slack"\nwebhook_url = "https://h/x"\nrate = inf\n',
+            "sinks.s.rate: input should be a finite number",
+        ),
+    ],
+)
+def test_absurd_values_are_refused_with_their_path(tmp_path, body, expected):
+    """Infinite, enormous, boolean-for-number and self-defeating values are config errors."""
+    problems = _problems(tmp_path, body)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_self_defeating_access_settings_are_warned_about(tmp_path):
+    """Trusting every proxy, or listing the current secret as a previous one, gets a warning."""
+    body = f'previous_secrets = ["{SECRET}"]\n[server]\ntrusted_proxies = ["0.0.0.0/0"]\n'
+    config = load_config(write_config(tmp_path, body), environ={})
+    warnings = config_warnings(config)
+    assert any(
+        w.startswith("dataslayer.previous_secrets: holds the current secret") for w in warnings
+    )
+    assert any(w.startswith("server.trusted_proxies: trusts every address") for w in warnings)
+
+
+def test_unknown_route_sinks_are_listed_with_the_other_problems(tmp_path):
+    """An unknown sink in a route is reported in the same pass as a type error elsewhere."""
+    problems = _problems(tmp_path, '[server]\nport = "x"\n[[routes]]\nsinks = ["ghost"]\n')
+    assert any(p.startswith("server.port:") for p in problems)
+    assert 'routes[0].sinks[0]: unknown sink "ghost"' in problems

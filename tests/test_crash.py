@@ -166,3 +166,24 @@ async def test_a_second_signal_exits_at_once(tmp_path, sig):
 def _statuses(tmp_path):
     with sqlite3.connect(tmp_path / "relay.db") as conn:
         return [row[0] for row in conn.execute("SELECT status FROM deliveries ORDER BY id")]
+
+
+async def test_while_draining_new_posts_get_503_and_health_stays_up(tmp_path):
+    """During the graceful stop the relay still listens: posts get 503, /readyz 503, /healthz 200."""
+    async with FakeReceiver([SIGNING], replies=[Reply(200, delay=60)]) as receiver:
+        relay = await start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout=60)
+        try:
+            relay.signal(signal.SIGTERM)
+            await eventually(lambda: "shutting down" in relay.log.read_text())
+            async with aiohttp.ClientSession() as session:
+                token = make_tokens(5, 1)[0]
+                url = f"{relay.url}/webhooks/dataslayer"
+                async with session.post(url, json={"encrypted_data": token}) as response:
+                    assert response.status == 503
+                    assert response.headers["Retry-After"]
+                async with session.get(f"{relay.url}/readyz") as response:
+                    assert response.status == 503
+                async with session.get(f"{relay.url}/healthz") as response:
+                    assert response.status == 200
+        finally:
+            await relay.stop()

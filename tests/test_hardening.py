@@ -300,3 +300,16 @@ def test_masking_is_linear_and_keeps_the_label():
     huge = "d" * 300_000
     assert mask_emails_in(huge) == huge  # quadratic, this took minutes and hit the test timeout
     assert mask_emails_in(huge + "@x.io").endswith("***@x.io")
+
+
+async def test_repeated_x_forwarded_for_lines_are_read_as_one_list(tmp_path, aiohttp_client):
+    """A proxy that adds its own header line wins over the client's line before it."""
+    from multidict import CIMultiDict
+
+    relay = await make_relay(
+        tmp_path, aiohttp_client, 'allow_ips = ["10.1.2.3"]\ntrusted_proxies = ["127.0.0.1"]'
+    )
+    headers = CIMultiDict([("Content-Type", "application/json"), ("X-Forwarded-For", "10.1.2.3")])
+    headers.add("X-Forwarded-For", "8.8.8.8")  # what the proxy saw: the real client
+    response = await relay.post(PATH, data=body(), headers=headers)
+    assert response.status == 403

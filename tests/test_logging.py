@@ -195,3 +195,55 @@ def test_the_log_filter_masks_emails_unless_personal_data_is_shown():
     assert _filtered("from ana@example.com") == "from a***@example.com"
     assert _filtered("from ana@example.com", mask_emails=False) == "from ana@example.com"
     assert _filtered("HTTP 400: a\nFAKE LINE\x1b[2J") == "HTTP 400: a\\nFAKE LINE\\x1b[2J"
+
+
+def test_malformed_http_requests_log_one_warning_without_traceback():
+    """aiohttp's parser errors become one warning line naming the error, not an ERROR traceback."""
+    from aiohttp.http_exceptions import LineTooLong
+
+    from relay.logs import QuietMalformedRequests
+
+    try:
+        raise LineTooLong(b"X-Token: aaaa", 8190, 9000)
+    except LineTooLong:
+        record = logging.LogRecord(
+            "aiohttp.server",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error handling request",
+            None,
+            sys.exc_info(),
+        )
+    QuietMalformedRequests().filter(record)
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == "refused a malformed HTTP request (LineTooLong)"
+    assert record.exc_info is None
+
+
+async def test_a_real_malformed_request_leaves_no_traceback_in_the_log(tmp_path):
+    """An oversized header on a running relay gets a 400 and one warning line, no traceback."""
+    import asyncio as aio
+
+    from tests.helpers import write_config
+    from tests.helpers_process import RelayProcess, free_port
+
+    port = free_port()
+    relay = RelayProcess(write_config(tmp_path, f"[server]\nport = {port}\n"), port)
+    await relay.start()
+    try:
+        reader, writer = await aio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /webhooks/dataslayer HTTP/1.1\r\nHost: x\r\nX-Token: "
+            + b"a" * 9000
+            + b"\r\n\r\n"
+        )
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        assert b" 400 " in status_line
+    finally:
+        await relay.stop()
+    log = relay.log.read_text()
+    assert "refused a malformed HTTP request (LineTooLong)" in log
+    assert "Traceback" not in log

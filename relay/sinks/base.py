@@ -17,24 +17,27 @@ from typing import Any, ClassVar, TextIO
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
+from relay.config_types import Float, Int
 from relay.events import Event
 
 
 class SinkConfig(BaseModel):
     """Keys every sink accepts; each sink type extends this with its own."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False
+    )
 
     type: str
     template: str | None = Field(
         default=None, description="use templates/NAME/ instead of the event type's folder"
     )
-    timeout: float | None = Field(
-        default=None, gt=0, description="seconds per attempt; default [delivery].timeout"
+    timeout: Float | None = Field(
+        default=None, gt=0, le=3600, description="seconds per attempt; default [delivery].timeout"
     )
-    concurrency: int = Field(default=4, ge=1, le=256, description="sends in flight at once")
-    rate: float | None = Field(
-        default=None, ge=0, description="messages per second; unset or 0 = no limit"
+    concurrency: Int = Field(default=4, ge=1, le=256, description="sends in flight at once")
+    rate: Float | None = Field(
+        default=None, ge=0, le=10000, description="messages per second; unset or 0 = no limit"
     )
 
 

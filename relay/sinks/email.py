@@ -23,6 +23,7 @@ from typing import Any, Literal, cast
 import aiosmtplib
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from relay.config_types import Int
 from relay.errors import DeliveryError, PermanentError, RetryableError
 from relay.failures import classify_exception, classify_smtp_reply
 from relay.secret import Secret
@@ -78,7 +79,7 @@ class EmailConfig(SinkConfig):
 
     type: Literal["email"] = "email"
     host: str = Field(min_length=1)
-    port: int = Field(default=587, ge=1, le=65535)
+    port: Int = Field(default=587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
     password: Secret | None = None

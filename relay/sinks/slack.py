@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from relay.config_types import Float
 from relay.errors import DeliveryError, PermanentError, RetryableError
 from relay.failures import classify_exception, classify_status, parse_retry_after
 from relay.secret import Secret
@@ -76,7 +77,9 @@ class SlackConfig(SinkConfig):
     channel: str | None = Field(default=None, description='name or id, e.g. "#client-access"')
     api_url: str = Field(default="https://slack.com/api/", description="Web API base URL")
     # Slack asks for at most one message per second per webhook or channel.
-    rate: float | None = Field(default=1.0, ge=0, description="messages per second; 0 = no limit")
+    rate: Float | None = Field(
+        default=1.0, ge=0, le=10000, description="messages per second; 0 = no limit"
+    )
 
     @field_validator("api_url")
     @classmethod
