@@ -149,7 +149,7 @@ def test_send_test_reaches_serve_and_the_console_shows_the_message(tmp_path):
     )
     try:
         result = _send_test_when_up(config)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, (result.stdout, result.stderr)
         assert '"status": "accepted"' in result.stdout
         _wait_until_delivered(tmp_path / "relay.db")
     finally:
@@ -161,7 +161,7 @@ def test_send_test_reaches_serve_and_the_console_shows_the_message(tmp_path):
     assert "test.client@example.com" not in err  # logs mask personal data
 
 
-def _wait_until_delivered(db, timeout=15):
+def _wait_until_delivered(db, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with sqlite3.connect(db) as conn:
@@ -169,6 +169,7 @@ def _wait_until_delivered(db, timeout=15):
             if row.fetchone()[0]:
                 return
         time.sleep(0.1)
+    raise AssertionError(f"nothing was delivered within {timeout} s")
 
 
 def _send_test_when_up(config):
