@@ -17,6 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from markupsafe import Markup
 from markupsafe import escape as escape_html
 
+from relay.events import printable
+
 Escaper = Callable[[Any], str]
 
 _SLACK_CONTROL = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
@@ -109,6 +111,9 @@ _VALUE_ESCAPERS: dict[str, Escaper] = {
     "json": _json_value,
     "html": lambda v: str(escape_html(_text(v))),
     "header": lambda v: remove_line_breaks(_text(v)),
+    # Terminal output: a value's control characters, line breaks included, become visible
+    # escapes, so event data cannot print a line that looks like the relay's own log.
+    "terminal": lambda v: printable(_text(v)),
     "none": _text,
 }
 
@@ -121,6 +126,7 @@ _JSON_TEXT_ESCAPERS: dict[str, Callable[[str], str]] = {
     "json": str,
     "html": lambda s: str(escape_html(s)),
     "header": remove_line_breaks,
+    "terminal": printable,
     "none": str,
 }
 

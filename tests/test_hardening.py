@@ -313,3 +313,21 @@ async def test_repeated_x_forwarded_for_lines_are_read_as_one_list(tmp_path, aio
     headers.add("X-Forwarded-For", "8.8.8.8")  # what the proxy saw: the real client
     response = await relay.post(PATH, data=body(), headers=headers)
     assert response.status == 403
+
+
+async def test_console_output_escapes_line_breaks_that_come_from_event_data(
+    tmp_path, aiohttp_client
+):
+    """A newline inside an event value cannot start a fake line in the console output."""
+    relay = await make_relay(tmp_path, aiohttp_client)
+    out = io.StringIO()
+    for sink in relay.app[WORKER]._sinks.values():
+        sink.context.stdout = out
+    event = {"type": "shared_connection", "email": "evil\n2026-12-03 INFO relay.ingest: FORGED"}
+    token = encrypt(SECRET, json.dumps(event).encode(), now=VECTOR_NOW)
+    assert (await relay.post(PATH, data=body(token), headers=JSON)).status == 200
+    await relay.app[WORKER].drain()
+    lines = out.getvalue().splitlines()
+    assert not any(line.startswith("2026-12-03 INFO") for line in lines)
+    assert "evil\\n2026-12-03 INFO relay.ingest: FORGED" in out.getvalue()
+    assert len(lines) > 3  # the template's own line breaks are kept

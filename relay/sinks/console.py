@@ -15,7 +15,7 @@ class ConsoleConfig(SinkConfig):
 class ConsoleSink(Sink):
     type = "console"
     config_model = ConsoleConfig
-    parts = (Part("text", required=True, escape="none"),)
+    parts = (Part("text", required=True, escape="terminal"),)
 
     async def send(self, message: Message) -> None:
         out = self.context.stdout
