@@ -196,5 +196,5 @@ async def _receive(request: web.Request, token: str) -> web.Response:
         return answer(422, error="invalid_event", detail=str(exc))
     except StorageError as exc:
         log.error("could not store an event, answering 503: %s", exc)
-        return answer(503, error="unavailable")
+        return answer(503, headers={"Retry-After": "30"}, error="unavailable")
     return answer(200, status=receipt.status, id=receipt.id)

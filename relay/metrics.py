@@ -36,6 +36,10 @@ REQUEST_OUTCOMES = (
     "too_large",
     "invalid_event",
     "unavailable",
+    "forbidden",
+    "too_many_requests",
+    "unauthorized",
+    "unsupported_media_type",
 )
 STATUSES = ("pending", "retrying", "delivered", "dead")
 ATTEMPT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -210,3 +210,15 @@ async def test_an_unreadable_outbox_leaves_out_its_gauges_only(
     assert not metrics.has("relay_outbox_deliveries")
     assert metrics.has("relay_inbound_requests_total")
     assert metrics.value("relay_build_info", version=__version__) == 1
+
+
+async def test_every_documented_inbound_outcome_starts_at_zero(aiohttp_client, tmp_path):
+    """Each outcome in the README's list has a series from the start, so rate() works at once."""
+    from prometheus_client import generate_latest
+
+    from relay.metrics import REQUEST_OUTCOMES, Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    for outcome in REQUEST_OUTCOMES:
+        assert f'relay_inbound_requests_total{{outcome="{outcome}"}} 0.0' in text
+    assert 'outcome="too_many_requests"' in text
