@@ -12,15 +12,18 @@ import json
 import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from relay.admin_settings import OutboxSettings
 from relay.errors import RelayError
-from relay.events import mask_email
-from relay.outbox import connect, purge
+from relay.events import mask_email, mask_emails_in
+from relay.outbox import TOMBSTONE, connect, in_transaction, purge, purge_sink
 
 STATUSES = ("pending", "retrying", "delivered", "dead")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -79,9 +82,9 @@ def list_deliveries(
     return [dict(zip(_LIST_COLUMNS, row, strict=True)) for row in conn.execute(_LIST_SQL, params)]
 
 
-def format_list(rows: list[dict[str, Any]], now: float) -> str:
+def format_list(rows: list[dict[str, Any]], now: float, note: str = "") -> str:
     if not rows:
-        return "no deliveries match"
+        return "no deliveries match" + note
     header = f"{'ID':>6}  {'EVENT':<12}  {'SINK':<16}  {'STATUS':<9}  {'TRIES':>5}  "
     header += f"{'RECEIVED (UTC)':<16}  {'NEXT':<9}  LAST ERROR"
     lines = [header]
@@ -153,21 +156,46 @@ def show_event(conn: sqlite3.Connection, ref: str, show_personal_data: bool) -> 
     payload, received_at = conn.execute(
         "SELECT payload, received_at FROM events WHERE id = ?", (event_id,)
     ).fetchone()
-    data = json.loads(payload)
-    if not show_personal_data and isinstance(data.get("email"), str):
-        data["email"] = mask_email(data["email"])
     deliveries = []
     for row in conn.execute(
-        "SELECT id, sink, status, attempts, next_attempt_at FROM deliveries WHERE event_id = ?"
-        " ORDER BY id",
+        "SELECT id, sink, status, attempts, next_attempt_at, last_error FROM deliveries"
+        " WHERE event_id = ? ORDER BY id",
         (event_id,),
     ).fetchall():
         deliveries.append(_delivery_detail(conn, row))
-    return {"id": event_id, "received_at": received_at, "event": data, "deliveries": deliveries}
+    detail = {
+        "id": event_id, "received_at": received_at, "purged": payload == TOMBSTONE,
+        "event": json.loads(payload), "deliveries": deliveries,
+    }  # fmt: skip
+    return detail if show_personal_data else _masked(detail)
+
+
+def _masked(detail: dict[str, Any]) -> dict[str, Any]:
+    """Every email address masked: the event's ``email`` field, any address in any of its
+    strings (however nested), and in the errors receivers sent back."""
+    event = {key: _mask_all(value) for key, value in detail["event"].items()}
+    if isinstance(detail["event"].get("email"), str):
+        event["email"] = mask_email(detail["event"]["email"])
+    deliveries = [
+        {**d, "last_error": _mask_all(d["last_error"]),
+         "history": [{**h, "error": _mask_all(h["error"])} for h in d["history"]]}
+        for d in detail["deliveries"]
+    ]  # fmt: skip
+    return {**detail, "event": event, "deliveries": deliveries}
+
+
+def _mask_all(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_emails_in(value)
+    if isinstance(value, dict):
+        return {key: _mask_all(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_mask_all(item) for item in value]
+    return value
 
 
 def _delivery_detail(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
-    delivery_id, sink, status, attempts, next_at = row
+    delivery_id, sink, status, attempts, next_at, last_error = row
     history = conn.execute(
         "SELECT at, outcome, reason, status_code, duration, error FROM attempts"
         " WHERE delivery_id = ? ORDER BY id",
@@ -177,12 +205,17 @@ def _delivery_detail(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str
     return {
         "id": delivery_id, "sink": sink, "status": status, "attempts": attempts,
         "next_attempt_at": next_at if status in ("pending", "retrying") else None,
-        "history": [dict(zip(keys, h, strict=True)) for h in history],
+        "last_error": last_error, "history": [dict(zip(keys, h, strict=True)) for h in history],
     }  # fmt: skip
 
 
 def format_event(detail: dict[str, Any], now: float) -> str:
     lines = [f"event {detail['id']}  received {_utc(detail['received_at'])} UTC"]
+    if detail["purged"]:
+        lines.append(
+            "  purged: its data and deliveries were deleted; the id is kept until the dedup"
+            " window ends, so a replay of it is still refused"
+        )
     lines += [f"  {key}: {json.dumps(value, ensure_ascii=False)}"
               for key, value in detail["event"].items()]  # fmt: skip
     for d in detail["deliveries"]:
@@ -203,6 +236,18 @@ def format_event(detail: dict[str, Any], now: float) -> str:
 # -- retry and purge ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Requeued:
+    """What a retry did: deliveries requeued, per sink, out of how many the selection matched."""
+
+    by_sink: dict[str, int]
+    matched: int
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_sink.values())
+
+
 def retry(
     conn: sqlite3.Connection,
     refs: list[str],
@@ -210,25 +255,27 @@ def retry(
     dead: bool = False,
     sink: str | None = None,
     now: float,
-) -> int:
-    """Requeue deliveries (due at once, attempts counted afresh); how many were requeued.
+) -> Requeued:
+    """Requeue deliveries (due at once, attempts counted afresh); delivered ones stay as they are.
 
     ``next_attempt_at`` becomes 0 rather than ``now`` so they are due whatever the server's
     clock says, and go before deliveries already waiting.
     """
     where, params = _retry_selection(conn, refs, dead, sink)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        cursor = conn.execute(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0,"  # noqa: S608
-            f" updated_at = ? WHERE status != 'delivered' AND ({where})",
-            (now, *params),
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return cursor.rowcount
+    return in_transaction(_requeue, conn, where, params, now)
+
+
+def _requeue(conn: sqlite3.Connection, where: str, params: list[Any], now: float) -> Requeued:
+    (matched,) = conn.execute(
+        f"SELECT COUNT(*) FROM deliveries WHERE {where}",  # noqa: S608
+        params,
+    ).fetchone()
+    sinks = conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = 0,"  # noqa: S608
+        f" updated_at = ? WHERE status != 'delivered' AND ({where}) RETURNING sink",
+        (now, *params),
+    ).fetchall()
+    return Requeued(dict(Counter(s for (s,) in sinks)), matched)
 
 
 def _retry_selection(
@@ -241,7 +288,7 @@ def _retry_selection(
     for ref in refs:
         if is_delivery_id(ref):
             clauses.append("id = ?")
-            params.append(int(ref))
+            params.append(_existing_delivery(conn, ref))
         else:
             clauses.append("event_id = ?")
             params.append(resolve_event(conn, ref))
@@ -252,16 +299,62 @@ def _retry_selection(
     return where, params
 
 
-def purge_older(conn: sqlite3.Connection, older_than: float, now: float) -> int:
-    """Delete events older than ``older_than`` seconds that have nothing pending."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        removed = purge(conn, now - older_than, only_delivered=False)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return removed
+def _existing_delivery(conn: sqlite3.Connection, ref: str) -> int:
+    if conn.execute("SELECT 1 FROM deliveries WHERE id = ?", (int(ref),)).fetchone() is None:
+        raise AdminError(f"no delivery {ref}")
+    return int(ref)
+
+
+def describe_retry(result: Requeued, note: str = "") -> str:
+    """One line for the operator: what was requeued, or why nothing was."""
+    delivered = result.matched - result.count
+    if result.matched == 0:
+        return "no deliveries match" + note
+    if result.count == 0:
+        which = "the delivery is" if delivered == 1 else f"all {delivered} deliveries are"
+        return f"nothing to requeue: {which} already delivered"
+    done = f" ({delivered} already delivered)" if delivered else ""
+    return f"requeued {deliveries(result.count)}{done}"
+
+
+def deliveries(n: int) -> str:
+    """``1 delivery``, ``2 deliveries``."""
+    return f"{n} deliver{'y' if n == 1 else 'ies'}"
+
+
+def unconfigured(result: Requeued, settings: OutboxSettings) -> list[str]:
+    """A warning per requeued sink that the config does not have: nothing will send those."""
+    warnings = []
+    for sink, n in sorted(result.by_sink.items()):
+        if not settings.knows(sink):
+            which = "the delivery waits" if n == 1 else f"its {n} deliveries wait"
+            warnings.append(f"warning: sink {sink} is not configured; {which} until it is")
+    return warnings
+
+
+def unknown_sink_note(sink: str | None, settings: OutboxSettings) -> str:
+    """Said when nothing matched: a sink name the config does not know is likely a typo."""
+    if sink is None or settings.knows(sink):
+        return ""
+    return f" (sink {sink} is not in the config)"
+
+
+def purge_older(
+    conn: sqlite3.Connection, older_than: float, now: float, dedup_window: float
+) -> int:
+    """Purge events older than ``older_than`` seconds that have nothing pending.
+
+    Those still inside the dedup window stay as tombstones (see ``relay.outbox.purge``).
+    """
+    return in_transaction(purge, conn, now - older_than, False, now - dedup_window)
+
+
+def purge_sink_older(
+    conn: sqlite3.Connection, sink: str, older_than: float, now: float, dedup_window: float
+) -> tuple[int, int]:
+    """Delete ``sink``'s deliveries, pending ones too, of events older than ``older_than``
+    seconds, then purge the events left with nothing; how many deliveries and events went."""
+    return in_transaction(purge_sink, conn, sink, now - older_than, now - dedup_window)
 
 
 def now() -> float:

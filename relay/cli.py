@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from relay import __version__, admin
+from relay.admin_settings import OutboxSettings, outbox_settings
 from relay.checks import template_problems
 from relay.config import Config, config_warnings, default_config_path, load_config
 from relay.crypto import encrypt
@@ -82,7 +84,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OUTBOX_HELP = """\
+These commands read only [storage].path, [dataslayer].dedup_window and the sink names from the
+config, leniently: ${VARS} that are not set (DATASLAYER_SECRET in an operator's shell) and
+mistakes elsewhere in the file do not stop them; `relay check` validates the rest. --db names
+the database directly. They work beside a running relay."""
+
+
 def _outbox_commands(outbox: argparse.ArgumentParser) -> None:
+    outbox.epilog = _OUTBOX_HELP
     sub = outbox.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = sub.add_parser("list", help="list deliveries, newest events first")
     ls.add_argument("--status", choices=admin.STATUSES)
@@ -92,18 +102,35 @@ def _outbox_commands(outbox: argparse.ArgumentParser) -> None:
     ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     show = sub.add_parser("show", help="an event and each delivery's attempts")
     show.add_argument("id", help="event id (8+ characters) or delivery id")
-    show.add_argument("--show-personal-data", action="store_true", help="do not mask the email")
+    show.add_argument(
+        "--show-personal-data", action="store_true", help="do not mask email addresses"
+    )
     show.add_argument("--json", action="store_true")
     retry = sub.add_parser("retry", help="requeue deliveries to be sent now")
     retry.add_argument("ids", nargs="*", help="event ids or delivery ids")
     retry.add_argument("--dead", action="store_true", help="every dead delivery")
     retry.add_argument("--sink", help="only deliveries to this sink")
-    purge = sub.add_parser("purge", help="delete old events that have nothing pending")
+    purge = sub.add_parser(
+        "purge",
+        help="delete old events that have nothing pending",
+        description="Delete old events that have nothing pending. Events still inside "
+        "[dataslayer].dedup_window keep their id (a tombstone without personal data), so a "
+        "replay is still refused.",
+    )
     purge.add_argument("--older-than", type=admin.parse_duration, required=True, help="e.g. 7d")
+    purge.add_argument(
+        "--sink",
+        help="only this sink's deliveries, pending ones too (e.g. a removed sink's), then the "
+        "events left with no delivery",
+    )
     for parser in (ls, show, retry, purge):
         parser.set_defaults(func=cmd_outbox)
+        parser.epilog = _OUTBOX_HELP
         # Also after the action (`relay outbox list -c FILE`); SUPPRESS keeps an earlier -c.
-        parser.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS)
+        parser.add_argument(
+            "-c", "--config", type=Path, default=argparse.SUPPRESS, help="config file"
+        )
+        parser.add_argument("--db", type=Path, help="the database (default: [storage].path)")
 
 
 def _load(args: argparse.Namespace, exit_code: int) -> Config | int:
@@ -121,23 +148,30 @@ def _load(args: argparse.Namespace, exit_code: int) -> Config | int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    config = _load(args, exit_code=1)
-    if isinstance(config, int):
-        return config
     if args.action == "retry" and not (args.ids or args.dead):
         print("say which: event or delivery ids, or --dead", file=sys.stderr)
         return 1
+    path = args.config or default_config_path()
     try:
-        with admin.open_db(config.storage.path) as conn:
-            print(_outbox_action(conn, args))
+        settings = outbox_settings(
+            path, os.environ, db=args.db, config_given=args.config is not None
+        )
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return 1
+    try:
+        with admin.open_db(settings.db) as conn:
+            print(_outbox_action(conn, args, settings))
     except admin.AdminError as exc:
         print(exc, file=sys.stderr)
         return 1
     return 0
 
 
-def _outbox_action(conn: Any, args: argparse.Namespace) -> str:
+def _outbox_action(conn: Any, args: argparse.Namespace, settings: OutboxSettings) -> str:
     now = admin.now()
+    note = admin.unknown_sink_note(getattr(args, "sink", None), settings)
     if args.action == "list":
         since = now - args.since if args.since else 0.0
         rows = admin.list_deliveries(
@@ -145,17 +179,30 @@ def _outbox_action(conn: Any, args: argparse.Namespace) -> str:
         )
         if args.json:
             return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
-        return admin.format_list(rows, now)
+        return admin.format_list(rows, now, note)
     if args.action == "show":
         detail = admin.show_event(conn, args.id, args.show_personal_data)
         return (
             json.dumps(detail, ensure_ascii=False) if args.json else admin.format_event(detail, now)
         )
     if args.action == "retry":
-        n = admin.retry(conn, args.ids, dead=args.dead, sink=args.sink, now=now)
-        return f"requeued {n} deliver{'y' if n == 1 else 'ies'}"
-    n = admin.purge_older(conn, args.older_than, now)
-    return f"purged {n} event{'' if n == 1 else 's'}"
+        result = admin.retry(conn, args.ids, dead=args.dead, sink=args.sink, now=now)
+        for warning in admin.unconfigured(result, settings):
+            print(warning, file=sys.stderr)
+        return admin.describe_retry(result, note)
+    return _outbox_purge(conn, args, settings, now, note)
+
+
+def _outbox_purge(
+    conn: Any, args: argparse.Namespace, settings: OutboxSettings, now: float, note: str
+) -> str:
+    window = settings.dedup_window
+    if args.sink is None:
+        n = admin.purge_older(conn, args.older_than, now, window)
+        return f"purged {n} event{'' if n == 1 else 's'}"
+    deliveries, n = admin.purge_sink_older(conn, args.sink, args.older_than, now, window)
+    done = f"purged {admin.deliveries(deliveries)} to {args.sink} and {n} event{'s' * (n != 1)}"
+    return done + (note if deliveries == 0 else "")
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -337,7 +384,9 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     }
     token = encrypt(config.dataslayer.secret.reveal(), json.dumps(event).encode("utf-8"))
     try:
-        status, text = asyncio.run(_post(url, {"encrypted_data": token}, config.delivery.timeout))
+        status, text = asyncio.run(
+            _post(url, {"encrypted_data": token}, config.delivery.timeout, _auth_headers(config))
+        )
     except (aiohttp.ClientError, TimeoutError) as exc:
         print(
             f"cannot reach {url}: {exc or type(exc).__name__} (is `relay serve` running?)",
@@ -345,8 +394,14 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"{status} {text}")
-    if status == 401:
+    if status == 401 and '"invalid_token"' in text:
         print(_secret_hint(config), file=sys.stderr)
+    elif status == 401:
+        print(
+            "hint: the server asks for credentials ([server.auth]); send-test sends those of "
+            f"{config.path}, so both must have the same [server.auth]",
+            file=sys.stderr,
+        )
     return 0 if 200 <= status < 300 else 1
 
 
@@ -371,10 +426,25 @@ def _local_url(config: Config) -> str:
     return f"http://{host}:{config.server.port}{config.server.path}"
 
 
-async def _post(url: str, body: dict[str, str], seconds: float) -> tuple[int, str]:
+def _auth_headers(config: Config) -> dict[str, str]:
+    """The credentials [server.auth] asks for, so send-test passes them as a proxy would."""
+    auth = config.server.auth
+    if auth is None:
+        return {}
+    if auth.type == "basic" and auth.username and auth.password:
+        pair = f"{auth.username}:{auth.password.reveal()}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    if auth.header and auth.value:
+        return {auth.header: auth.value.reveal()}
+    return {}
+
+
+async def _post(
+    url: str, body: dict[str, str], seconds: float, headers: dict[str, str]
+) -> tuple[int, str]:
     client_timeout = aiohttp.ClientTimeout(total=seconds)
     async with (
         aiohttp.ClientSession(timeout=client_timeout) as session,
-        session.post(url, json=body) as response,
+        session.post(url, json=body, headers=headers) as response,
     ):
         return response.status, (await response.text()).strip()

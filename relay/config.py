@@ -286,12 +286,6 @@ def config_warnings(config: Config) -> list[str]:
             "dataslayer.max_token_age: 0 (no limit) lets a captured token be replayed once "
             "dedup_window has forgotten its event; set a limit"
         )
-    retention = config.storage.retention
-    if retention and retention < ds.dedup_window:
-        warnings.append(
-            "storage.retention: shorter than dataslayer.dedup_window, so a delivered event can be "
-            "forgotten, and accepted again, before its dedup window ends"
-        )
     if not config.templates.dir.is_dir():
         warnings.append(
             f"templates.dir: {config.templates.dir} does not exist; only the built-in templates "

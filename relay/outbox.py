@@ -180,9 +180,14 @@ class Outbox:
         active = await self._run(_active_by_sink, self._conn)
         return {sink: at for sink, (_, at) in active.items() if sink in sinks}
 
-    async def purge(self, before: float, *, only_delivered: bool) -> int:
-        """Delete events received before ``before`` that have nothing left to send."""
-        return await self._run(purge, self._conn, before, only_delivered)
+    async def purge(self, before: float, *, only_delivered: bool, remember_since: float) -> int:
+        """Purge events received before ``before`` that have nothing left to send.
+
+        Those received since ``remember_since`` stay as tombstones, so dedup still refuses them.
+        """
+        return await self._run(
+            in_transaction, purge, self._conn, before, only_delivered, remember_since
+        )
 
     async def record(self, delivery_id: int, outcome: Outcome, now: float) -> None:
         await self._run(_record, self._conn, delivery_id, outcome, now)
@@ -259,7 +264,9 @@ def _accept_one(conn: sqlite3.Connection, item: _Pending) -> bool:
         return False
     conn.execute(
         "INSERT INTO events (id, type, datasource, payload, received_at) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET received_at = excluded.received_at",
+        # The row may be a purge tombstone whose window has passed: take the data back in full.
+        " ON CONFLICT (id) DO UPDATE SET received_at = excluded.received_at,"
+        " payload = excluded.payload, datasource = excluded.datasource",
         (event.id, event.type, event.datasource, event.canonical_json(), now),
     )
     conn.executemany(
@@ -307,18 +314,86 @@ def _active_by_sink(conn: sqlite3.Connection) -> dict[str, tuple[int, float]]:
     return {sink: (n, at) for sink, n, at in rows}
 
 
-def purge(conn: sqlite3.Connection, before: float, only_delivered: bool) -> int:
-    """Delete events older than ``before`` with nothing pending (and, if asked, nothing dead).
+TOMBSTONE = "{}"  # the payload of a purged event; no real event is empty (each has a type)
 
-    Their deliveries and attempts go with them. Pending work is never purged.
+
+def purge(
+    conn: sqlite3.Connection, before: float, only_delivered: bool, remember_since: float
+) -> int:
+    """Purge events older than ``before`` with nothing pending (and, if asked, nothing dead).
+
+    Events received since ``remember_since`` (still inside the dedup window) become tombstones:
+    their deliveries, attempts and personal data go, the id stays so a replay is still refused.
+    Older ones are deleted outright. Pending work is never purged. Returns how many were purged.
     """
     keep = "('pending', 'retrying', 'dead')" if only_delivered else "('pending', 'retrying')"
-    cursor = conn.execute(
-        "DELETE FROM events WHERE received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"  # noqa: S608
-        f" WHERE d.event_id = events.id AND d.status IN {keep})",
-        (before,),
+    where = (
+        "received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"  # noqa: S608
+        f" WHERE d.event_id = events.id AND d.status IN {keep})"
     )
-    return cursor.rowcount
+    return _purge_events(conn, where, (before,), remember_since)
+
+
+def purge_sink(
+    conn: sqlite3.Connection, sink: str, before: float, remember_since: float
+) -> tuple[int, int]:
+    """Delete every delivery to ``sink`` (pending ones too) of events older than ``before``.
+
+    Events left with no delivery at all are purged as by ``purge``. Returns how many deliveries
+    and how many events went.
+    """
+    old = "SELECT id FROM events WHERE received_at < ?"
+    (deliveries,) = conn.execute(
+        f"SELECT COUNT(*) FROM deliveries WHERE sink = ? AND event_id IN ({old})",  # noqa: S608
+        (sink, before),
+    ).fetchone()
+    only_this_sink = (
+        "received_at < ?"
+        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.sink = ?)"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.sink != ?)"
+    )
+    events = _purge_events(conn, only_this_sink, (before, sink, sink), remember_since)
+    conn.execute(
+        f"DELETE FROM deliveries WHERE sink = ? AND event_id IN ({old})",  # noqa: S608
+        (sink, before),
+    )
+    return deliveries, events
+
+
+def _purge_events(
+    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], remember_since: float
+) -> int:
+    """Delete the events matching ``where`` that are older than ``remember_since``, tombstone the
+    rest; then delete tombstones that have aged out of the window too. Returns how many of the
+    matching events were not tombstones yet."""
+    deleted = conn.execute(
+        f"DELETE FROM events WHERE ({where}) AND payload != ? AND received_at < ?",  # noqa: S608
+        (*params, TOMBSTONE, remember_since),
+    ).rowcount
+    tombstoned = conn.execute(
+        f"UPDATE events SET payload = ?, datasource = NULL WHERE ({where}) AND payload != ?",  # noqa: S608
+        (TOMBSTONE, *params, TOMBSTONE),
+    ).rowcount
+    conn.execute(
+        "DELETE FROM deliveries WHERE event_id IN (SELECT id FROM events WHERE payload = ?)",
+        (TOMBSTONE,),
+    )
+    conn.execute(
+        "DELETE FROM events WHERE payload = ? AND received_at < ?", (TOMBSTONE, remember_since)
+    )
+    return deleted + tombstoned
+
+
+def in_transaction(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
+    """Run ``fn(conn, *args)`` as one write transaction: all of it happens, or none."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn, *args)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 _STATUS_FOR = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}

@@ -131,6 +131,7 @@ class Reloader:
             sinks, renderer, config.delivery, config.storage.retention
         )
         self._ingest.reconfigure(verifier, Router(config.routes, config.fallback), ds.dedup_window)
+        self._worker.dedup_window = ds.dedup_window
         if _logging_changed(self.config, config):
             lg = config.logging
             setup_logging(lg.level, lg.format, self.config.logging.show_personal_data)

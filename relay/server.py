@@ -108,6 +108,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             clock,
             retention=config.storage.retention,
             metrics=app[METRICS],
+            dedup_window=config.dataslayer.dedup_window,
         )
         app[SINKS], app[WORKER] = sinks, worker
         app[INGEST] = Ingest(

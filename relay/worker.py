@@ -30,7 +30,9 @@ from relay.sinks import Message, Sink
 log = logging.getLogger("relay.worker")
 
 IDLE_POLL = 1.0  # seconds between looks at the outbox (picks up `relay outbox retry`)
-CLEANUP_EVERY = 3600.0  # seconds between retention sweeps
+# Seconds between retention sweeps: often enough that a short retention is kept to within a
+# minute or so, never more than every ten minutes for a long one.
+MIN_CLEANUP_EVERY, MAX_CLEANUP_EVERY = 10.0, 600.0
 
 
 class Worker:
@@ -44,6 +46,7 @@ class Worker:
         rng: random.Random | None = None,
         retention: float | None = None,
         metrics: Metrics | None = None,
+        dedup_window: float = 0.0,
     ) -> None:
         self._outbox = outbox
         self._sinks = sinks
@@ -53,6 +56,7 @@ class Worker:
         self._rng = rng or random.Random()
         self._retention = retention
         self._metrics = metrics or Metrics()
+        self.dedup_window = dedup_window  # purged events stay as tombstones this long, for dedup
         self._in_flight: dict[int, asyncio.Task[None]] = {}
         self._gates = {name: self._gate(sink, delivery) for name, sink in sinks.items()}
         self._metrics.sinks_configured(sinks)
@@ -94,6 +98,7 @@ class Worker:
         }
         self._sinks, self._renderer, self._delivery = sinks, renderer, delivery
         self._retention = retention
+        self._next_cleanup = 0.0  # a new retention applies at once
         self._metrics.sinks_configured(sinks)
         self._wakeup.set()
         return old_sinks
@@ -140,19 +145,28 @@ class Worker:
                 log.warning("%d send(s) did not finish in time; they stay pending", len(late))
         await self._cancel_in_flight()
 
+    def _cleanup_every(self) -> float:
+        return min(MAX_CLEANUP_EVERY, max(MIN_CLEANUP_EVERY, (self._retention or 0) / 10))
+
     async def cleanup(self) -> int:
-        """Delete events delivered everywhere longer ago than the retention; dead ones stay."""
+        """Purge events delivered everywhere longer ago than the retention; dead ones stay.
+
+        Inside the dedup window a purged event leaves a tombstone, so a replay is still refused.
+        """
         if not self._retention:
             return 0
-        removed = await self._outbox.purge(self._clock.now() - self._retention, only_delivered=True)
+        now = self._clock.now()
+        removed = await self._outbox.purge(
+            now - self._retention, only_delivered=True, remember_since=now - self.dedup_window
+        )
         if removed:
-            log.info("retention: deleted %d delivered event(s)", removed)
+            log.info("retention: purged %d delivered event(s)", removed)
         return removed
 
     async def _cleanup_when_due(self) -> None:
         if self._clock.now() >= self._next_cleanup:
             await self.cleanup()
-            self._next_cleanup = self._clock.now() + CLEANUP_EVERY
+            self._next_cleanup = self._clock.now() + self._cleanup_every()
 
     async def report_orphans(self) -> None:
         orphans = await self._outbox.pending_outside(list(self._sinks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import pytest
@@ -10,10 +11,14 @@ import pytest
 from relay.admin import parse_duration
 from relay.cli import main
 from relay.clock import FakeClock
-from relay.config import load_config
+from relay.config import DeliveryConfig, load_config
 from relay.crypto import encrypt
+from relay.events import event_from_dict
+from relay.outbox import Outbox, Outcome
+from relay.render import Renderer
 from relay.server import OUTBOX, STATE, WORKER, create_app
 from relay.testing.webhook import FakeReceiver, Reply
+from relay.worker import Worker
 from tests.helpers import SECRET, write_config
 
 DAY = 86400
@@ -28,6 +33,23 @@ async def receiver():
 @pytest.fixture
 async def relay(tmp_path, receiver, aiohttp_client):
     """A relay whose events were received three days ago: one dead, one delivered, one retrying."""
+    client = await start_relay(tmp_path, receiver, aiohttp_client, age=3 * DAY)
+    receiver.reply(Reply(400, "no such customer"), Reply(200), Reply(503))
+    client.ids = []
+    for email in ("dead@example.com", "ok@example.com", "later@example.com"):
+        client.ids.append(await post(client, email))
+        await client.app[WORKER].drain()
+    return client
+
+
+@pytest.fixture
+async def recent(tmp_path, receiver, aiohttp_client):
+    """A relay whose clock runs half an hour behind, with a one-hour dedup window."""
+    extra = "[dataslayer]\nmax_token_age = 3600\ndedup_window = 3600\n"
+    return await start_relay(tmp_path, receiver, aiohttp_client, age=1800, dataslayer=extra)
+
+
+async def start_relay(tmp_path, receiver, aiohttp_client, *, age, dataslayer=""):
     body = f"""
     [storage]
     retention = {2 * DAY}
@@ -38,25 +60,33 @@ async def relay(tmp_path, receiver, aiohttp_client):
     sinks = ["crm"]
     """
     path = write_config(tmp_path, body)
-    clock = FakeClock(time.time() - 3 * DAY)
+    if dataslayer:  # write_config opens with [dataslayer]: add keys to that table
+        text = path.read_text(encoding="utf-8").replace("[dataslayer]\n", dataslayer, 1)
+        path.write_text(text, encoding="utf-8")
+    clock = FakeClock(time.time() - age)
     client = await aiohttp_client(
         create_app(load_config(path, environ={}), clock=clock, run_worker=False)
     )
-    client.config_path, client.clock = str(path), clock
-    receiver.reply(Reply(400, "no such customer"), Reply(200), Reply(503))
-    client.ids = []
-    for email in ("dead@example.com", "ok@example.com", "later@example.com"):
-        client.ids.append(await post(client, email))
-        await client.app[WORKER].drain()
+    client.config_path, client.clock, client.db = str(path), clock, tmp_path / "relay.db"
     return client
 
 
-async def post(client, email):
-    event = {"type": "shared_connection", "datasource": "ga4", "email": email}
+async def post(client, email, expect="accepted", **fields):
+    event = {"type": "shared_connection", "datasource": "ga4", "email": email, **fields}
     token = encrypt(SECRET, json.dumps(event).encode(), now=client.clock.now())
     response = await client.post("/webhooks/dataslayer", json={"encrypted_data": token})
     assert response.status == 200
-    return (await response.json())["id"]
+    answer = await response.json()
+    assert answer["status"] == expect
+    return answer["id"]
+
+
+def rows(db, sql, *params):
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
 
 
 def run(capsys, relay, *args):
@@ -138,6 +168,188 @@ async def test_retention_deletes_delivered_events_and_keeps_dead_ones(relay):
     assert await relay.app[WORKER].cleanup() == 1
     counts = await relay.app[OUTBOX].counts()
     assert (counts["delivered"], counts["dead"], counts["retrying"]) == (0, 1, 1)
+
+
+async def test_purge_forgets_events_older_than_the_dedup_window(relay, capsys):
+    """Events purged after their dedup window ended leave no row behind."""
+    run(capsys, relay, "purge", "--older-than", "2d")
+    assert rows(relay.db, "SELECT id FROM events") == [(relay.ids[2],)]
+
+
+async def test_a_purged_event_is_still_refused_as_a_replay_inside_the_dedup_window(
+    recent, receiver, capsys
+):
+    """purge keeps a tombstone without personal data, so a replayed token is not delivered again."""
+    event_id = await post(recent, "ana@example.com")
+    await recent.app[WORKER].drain()
+    code, out, _ = run(capsys, recent, "purge", "--older-than", "0")
+    assert (code, out.strip()) == (0, "purged 1 event")
+    assert rows(recent.db, "SELECT payload, datasource FROM events") == [("{}", None)]
+    assert rows(recent.db, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+    recent.clock.advance(60)
+    assert await post(recent, "ana@example.com", expect="duplicate") == event_id
+    await recent.app[WORKER].drain()
+    assert len(receiver.requests) == 1
+    _, out, _ = run(capsys, recent, "purge", "--older-than", "0")
+    assert out.strip() == "purged 0 events"
+
+
+async def test_show_says_an_event_was_purged(recent, capsys):
+    """show of a tombstone says the event was purged, in the table and in --json."""
+    event_id = await post(recent, "ana@example.com")
+    await recent.app[WORKER].drain()
+    run(capsys, recent, "purge", "--older-than", "0")
+    code, out, _ = run(capsys, recent, "show", event_id)
+    assert code == 0
+    assert "purged" in out
+    assert "ana" not in out
+    _, out, _ = run(capsys, recent, "show", event_id, "--json")
+    assert json.loads(out)["purged"] is True
+
+
+async def test_a_tombstone_past_its_window_takes_the_event_back_in_full(recent, receiver, capsys):
+    """Once the dedup window has passed, the same event is accepted and sent with all its data."""
+    await post(recent, "ana@example.com")
+    await recent.app[WORKER].drain()
+    run(capsys, recent, "purge", "--older-than", "0")
+    recent.clock.advance(2 * 3600)
+    await post(recent, "ana@example.com")
+    await recent.app[WORKER].drain()
+    first, second = receiver.requests
+    assert json.loads(second.body)["data"] == json.loads(first.body)["data"]
+
+
+async def test_retention_keeps_a_tombstone_until_the_dedup_window_ends(tmp_path):
+    """The retention sweep tombstones events still inside dedup_window and deletes them after it."""
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    try:
+        event = event_from_dict({"type": "shared_connection", "email": "a@x.io"}, received_at=0)
+        assert await outbox.accept(event, ["a"], dedup_window=DAY)
+        [due] = await outbox.due(0, {"a": 1}, exclude=set())
+        await outbox.record(due.id, Outcome("delivered", 0.1), now=1)
+        clock = FakeClock(3601)
+        worker = Worker(
+            outbox, {}, Renderer(None), DeliveryConfig(), clock, retention=3600, dedup_window=DAY
+        )
+        assert await worker.cleanup() == 1
+        assert rows(tmp_path / "relay.db", "SELECT payload FROM events") == [("{}",)]
+        again = event_from_dict(event.data, received_at=3602)
+        assert not await outbox.accept(again, ["a"], dedup_window=DAY)
+        clock.set(DAY + 1)
+        assert await worker.cleanup() == 0
+        assert rows(tmp_path / "relay.db", "SELECT COUNT(*) FROM events") == [(0,)]
+    finally:
+        await outbox.close()
+
+
+async def test_purge_of_a_sink_deletes_its_deliveries_even_pending_ones(relay, capsys):
+    """purge --sink deletes that sink's deliveries of any status, then events left with nothing."""
+    conn = sqlite3.connect(relay.db)
+    conn.execute(
+        "INSERT INTO deliveries (event_id, sink, status, next_attempt_at, created_at, updated_at)"
+        " VALUES (?, 'archive', 'delivered', 0, 0, 0)",
+        (relay.ids[1],),
+    )
+    conn.commit()
+    conn.close()
+    code, out, _ = run(capsys, relay, "purge", "--sink", "crm", "--older-than", "2d")
+    assert (code, out.strip()) == (0, "purged 3 deliveries to crm and 2 events")
+    assert rows(relay.db, "SELECT event_id, sink FROM deliveries") == [(relay.ids[1], "archive")]
+    assert rows(relay.db, "SELECT id FROM events") == [(relay.ids[1],)]
+
+
+async def test_purge_of_a_sink_keeps_newer_deliveries(relay, capsys):
+    """purge --sink leaves deliveries of events younger than --older-than alone."""
+    code, out, _ = run(capsys, relay, "purge", "--sink", "crm", "--older-than", "4d")
+    assert (code, out.strip()) == (0, "purged 0 deliveries to crm and 0 events")
+    assert rows(relay.db, "SELECT COUNT(*) FROM deliveries") == [(3,)]
+
+
+async def test_retrying_for_a_sink_no_longer_configured_warns_but_requeues(relay, tmp_path, capsys):
+    """retry of a delivery to a sink missing from the config warns on stderr and requeues it."""
+    other = tmp_path / "other.toml"
+    other.write_text(f'[dataslayer]\nsecret = "{SECRET}"\n[sinks.new]\ntype = "console"\n')
+    code = main(["outbox", "retry", "--dead", "-c", str(other)])
+    out = capsys.readouterr()
+    assert (code, out.out.strip()) == (0, "requeued 1 delivery")
+    assert "sink crm is not configured; the delivery waits until it is" in out.err
+    assert rows(relay.db, "SELECT status FROM deliveries WHERE status = 'dead'") == []
+
+
+async def test_outbox_commands_work_without_the_secret_or_a_valid_config(
+    relay, tmp_path, capsys, monkeypatch
+):
+    """Outbox commands read only the storage path, dedup window and sink names, leniently."""
+    monkeypatch.delenv("DATASLAYER_SECRET", raising=False)
+    ops = tmp_path / "ops.toml"
+    ops.write_text(
+        '[dataslayer]\nsecret = "${DATASLAYER_SECRET}"\n[server]\nprot = 80\n'
+        '[sinks.crm]\ntype = "webhok"\n'
+    )
+    assert main(["outbox", "list", "-c", str(ops), "--status", "dead"]) == 0
+    assert relay.ids[0][:12] in capsys.readouterr().out
+    assert main(["outbox", "retry", "--dead", "-c", str(ops)]) == 0
+    out = capsys.readouterr()
+    assert (out.out.strip(), out.err) == ("requeued 1 delivery", "")
+
+
+async def test_db_option_names_the_database_without_a_config(relay, tmp_path, capsys, monkeypatch):
+    """--db works with no config file at all."""
+    monkeypatch.delenv("RELAY_CONFIG", raising=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["outbox", "show", relay.ids[0], "--db", str(relay.db)]) == 0
+    assert "d***@example.com" in capsys.readouterr().out
+
+
+async def test_an_unreadable_config_is_a_clear_error(tmp_path, capsys):
+    """A config that is not TOML is one clear line and exit 1."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[storage\npath = 1\n")
+    assert main(["outbox", "list", "-c", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "not valid TOML" in err
+    assert "Traceback" not in err
+
+
+async def test_show_masks_every_email_in_the_event_and_the_errors(relay, receiver, capsys):
+    """Without --show-personal-data every address is masked: in any field and in every error."""
+    receiver.reply(Reply(400, "unknown owner boss@example.com"))
+    event_id = await post(
+        relay, "ana@example.com", owner={"contact": "boss@example.com"}, cc=["cc eve@example.com"]
+    )
+    await relay.app[WORKER].drain()
+    for extra in ([], ["--json"]):
+        code, out, _ = run(capsys, relay, "show", event_id, *extra)
+        assert code == 0
+        for address in ("ana@example.com", "boss@example.com", "eve@example.com"):
+            assert address not in out
+        assert "b***@example.com" in out
+    _, out, _ = run(capsys, relay, "show", event_id, "--json", "--show-personal-data")
+    assert "boss@example.com" in out
+
+
+async def test_retrying_a_missing_delivery_is_an_error(relay, capsys):
+    """retry of a delivery id that does not exist says so and exits 1."""
+    code, _, err = run(capsys, relay, "retry", "99999")
+    assert (code, err.strip()) == (1, "no delivery 99999")
+
+
+async def test_retrying_a_delivered_delivery_says_nothing_was_requeued(relay, capsys):
+    """retry of deliveries that are all delivered says nothing was requeued, and exits 0."""
+    code, out, _ = run(capsys, relay, "retry", relay.ids[1])
+    assert code == 0
+    assert out.strip() == "nothing to requeue: the delivery is already delivered"
+
+
+async def test_an_unknown_sink_matches_nothing_and_says_so(relay, capsys):
+    """--sink with a name not in the config finds nothing, and the message says it is unknown."""
+    for args in (["retry", "--dead"], ["list"]):
+        code, out, _ = run(capsys, relay, *args, "--sink", "nosuch")
+        assert code == 0
+        assert out.startswith("no deliveries match")
+        assert "sink nosuch is not in the config" in out
 
 
 async def test_posts_during_shutdown_get_503(relay):

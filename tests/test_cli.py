@@ -286,3 +286,26 @@ def test_the_readme_template_example_gives_a_text_only_slack_message(tmp_path, c
     assert "=== ads-slack (slack) ===" in out
     assert "<!here> ana.lopez@example.com connected *Google Ads*." in out
     assert "--- blocks ---" not in out
+
+
+def test_send_test_passes_the_configured_credentials(tmp_path):
+    """With [server.auth] in its config, send-test sends the credentials and is accepted."""
+    port = free_port()
+    body = (
+        f'[server]\nport = {port}\n[server.auth]\ntype = "basic"\n'
+        'username = "dataslayer"\npassword = "pa55-word"\n'
+    )
+    config = write_config(tmp_path, body)
+    env = {**os.environ, "DATASLAYER_SECRET": ""}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port)
+        result = run_relay("send-test", "-c", str(config))
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert '"status": "accepted"' in result.stdout

@@ -169,7 +169,7 @@ def _statuses(tmp_path):
 
 
 async def test_while_draining_new_posts_get_503_and_health_stays_up(tmp_path):
-    """During the graceful stop the relay still listens: posts get 503, /readyz 503, /healthz 200."""
+    """While stopping gracefully the relay still listens: posts 503, /readyz 503, /healthz 200."""
     async with FakeReceiver([SIGNING], replies=[Reply(200, delay=60)]) as receiver:
         relay = await start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout=60)
         try:

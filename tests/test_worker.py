@@ -113,3 +113,13 @@ async def test_deliveries_to_a_removed_sink_wait_and_are_reported(tmp_path, capl
     assert "1 pending delivery for sinks no longer configured: gone (1)" in caplog.text
     assert (await outbox.counts())["pending"] == 1
     await outbox.close()
+
+
+def test_retention_sweeps_run_often_enough_for_short_retentions():
+    """A 5-minute retention is swept every 30 s; a week-long one every 10 minutes at most."""
+    short = Worker(None, {}, Renderer(None), DeliveryConfig(), FakeClock(), retention=300)
+    long = Worker(None, {}, Renderer(None), DeliveryConfig(), FakeClock(), retention=7 * 86400)
+    tiny = Worker(None, {}, Renderer(None), DeliveryConfig(), FakeClock(), retention=5)
+    assert short._cleanup_every() == 30
+    assert long._cleanup_every() == 600
+    assert tiny._cleanup_every() == 10
