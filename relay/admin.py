@@ -79,7 +79,11 @@ def list_deliveries(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     params = {"status": status, "sink": sink, "since": since, "limit": limit}
-    return [dict(zip(_LIST_COLUMNS, row, strict=True)) for row in conn.execute(_LIST_SQL, params)]
+    rows = [dict(zip(_LIST_COLUMNS, row, strict=True)) for row in conn.execute(_LIST_SQL, params)]
+    for row in rows:  # a receiver's error text may quote the client's address
+        if row["last_error"]:
+            row["last_error"] = mask_emails_in(row["last_error"])
+    return rows
 
 
 def format_list(rows: list[dict[str, Any]], now: float, note: str = "") -> str:

@@ -366,3 +366,14 @@ async def test_posts_during_shutdown_get_503(relay):
 def test_durations_read_like_people_write_them(text, seconds):
     """--since and --older-than take 30s, 15m, 1h, 7d, 2w."""
     assert parse_duration(text) == seconds
+
+
+async def test_list_masks_addresses_quoted_in_errors(relay, receiver, capsys):
+    """A receiver's error that quotes the client's email shows it masked in outbox list."""
+    receiver.reply(Reply(400, "unknown customer quoted@example.com"))
+    await post(relay, "quoted@example.com")
+    await relay.app[WORKER].drain()
+    code, out, _ = run(capsys, relay, "list", "--json")
+    assert code == 0
+    assert "q***@example.com" in out
+    assert "quoted@example.com" not in out
