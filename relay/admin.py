@@ -23,7 +23,8 @@ from typing import Any
 from relay.admin_settings import OutboxSettings
 from relay.errors import RelayError
 from relay.events import mask_email, mask_emails_in
-from relay.outbox import TOMBSTONE, connect, in_transaction, purge, purge_sink
+from relay.outbox import connect
+from relay.outbox_purge import TOMBSTONE, in_transaction, purge, purge_sink
 
 STATUSES = ("pending", "retrying", "delivered", "dead")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -348,7 +349,7 @@ def purge_older(
 ) -> int:
     """Purge events older than ``older_than`` seconds that have nothing pending.
 
-    Those still inside the dedup window stay as tombstones (see ``relay.outbox.purge``).
+    Those still inside the dedup window stay as tombstones (see ``relay.outbox_purge.purge``).
     """
     return in_transaction(purge, conn, now - older_than, False, now - dedup_window)
 

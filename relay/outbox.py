@@ -19,6 +19,7 @@ from typing import IO, Any, TypeVar
 
 from relay.errors import StorageError
 from relay.events import Event
+from relay.outbox_purge import in_transaction, purge
 
 T = TypeVar("T")
 
@@ -245,16 +246,7 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def _accept_batch(conn: sqlite3.Connection, batch: list[_Pending]) -> list[bool]:
-    results = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for item in batch:
-            results.append(_accept_one(conn, item))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return results
+    return in_transaction(lambda c: [_accept_one(c, item) for item in batch], conn)
 
 
 def _accept_one(conn: sqlite3.Connection, item: _Pending) -> bool:
@@ -314,117 +306,26 @@ def _active_by_sink(conn: sqlite3.Connection) -> dict[str, tuple[int, float]]:
     return {sink: (n, at) for sink, n, at in rows}
 
 
-TOMBSTONE = "{}"  # the payload of a purged event; no real event is empty (each has a type)
-
-
-def purge(
-    conn: sqlite3.Connection, before: float, only_delivered: bool, remember_since: float
-) -> int:
-    """Purge events older than ``before`` with nothing pending (and, if asked, nothing dead).
-
-    Events received since ``remember_since`` (still inside the dedup window) become tombstones:
-    their deliveries, attempts and personal data go, the id stays so a replay is still refused.
-    Older ones are deleted outright. Pending work is never purged. Returns how many were purged.
-    """
-    keep = "('pending', 'retrying', 'dead')" if only_delivered else "('pending', 'retrying')"
-    where = (
-        "received_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d"  # noqa: S608
-        f" WHERE d.event_id = events.id AND d.status IN {keep})"
-    )
-    return _purge_events(conn, where, (before,), remember_since)
-
-
-def purge_sink(
-    conn: sqlite3.Connection, sink: str, before: float, remember_since: float
-) -> tuple[int, int]:
-    """Delete every delivery to ``sink`` (pending ones too) of events older than ``before``.
-
-    Events left with no delivery at all are purged as by ``purge``. Returns how many deliveries
-    and how many events went.
-    """
-    old = "SELECT id FROM events WHERE received_at < ?"
-    (deliveries,) = conn.execute(
-        f"SELECT COUNT(*) FROM deliveries WHERE sink = ? AND event_id IN ({old})",  # noqa: S608
-        (sink, before),
-    ).fetchone()
-    only_this_sink = (
-        "received_at < ?"
-        " AND EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.sink = ?)"
-        " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.id AND d.sink != ?)"
-    )
-    events = _purge_events(conn, only_this_sink, (before, sink, sink), remember_since)
-    conn.execute(
-        f"DELETE FROM deliveries WHERE sink = ? AND event_id IN ({old})",  # noqa: S608
-        (sink, before),
-    )
-    return deliveries, events
-
-
-def _purge_events(
-    conn: sqlite3.Connection, where: str, params: tuple[Any, ...], remember_since: float
-) -> int:
-    """Delete the events matching ``where`` that are older than ``remember_since``, tombstone the
-    rest; then delete tombstones that have aged out of the window too. Returns how many of the
-    matching events were not tombstones yet."""
-    deleted = conn.execute(
-        f"DELETE FROM events WHERE ({where}) AND payload != ? AND received_at < ?",  # noqa: S608
-        (*params, TOMBSTONE, remember_since),
-    ).rowcount
-    tombstoned = conn.execute(
-        f"UPDATE events SET payload = ?, datasource = NULL WHERE ({where}) AND payload != ?",  # noqa: S608
-        (TOMBSTONE, *params, TOMBSTONE),
-    ).rowcount
-    conn.execute(
-        "DELETE FROM deliveries WHERE event_id IN (SELECT id FROM events WHERE payload = ?)",
-        (TOMBSTONE,),
-    )
-    conn.execute(
-        "DELETE FROM events WHERE payload = ? AND received_at < ?", (TOMBSTONE, remember_since)
-    )
-    return deleted + tombstoned
-
-
-def in_transaction(fn: Callable[..., T], conn: sqlite3.Connection, *args: Any) -> T:
-    """Run ``fn(conn, *args)`` as one write transaction: all of it happens, or none."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn, *args)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return result
-
-
 _STATUS_FOR = {"delivered": "delivered", "retry": "retrying", "dead": "dead"}
 
 
 def _record(conn: sqlite3.Connection, delivery_id: int, o: Outcome, now: float) -> None:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(
-            "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?,"
-            " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?, last_reason = ?,"
-            " last_status = ? WHERE id = ?",
-            (
-                _STATUS_FOR[o.outcome],
-                now,
-                o.next_attempt_at,
-                o.error,
-                o.reason,
-                o.status_code,
-                delivery_id,
-            ),
-        )
-        conn.execute(
-            "INSERT INTO attempts (delivery_id, at, outcome, reason, status_code, duration, error)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (delivery_id, now, o.outcome, o.reason, o.status_code, o.duration, o.error),
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+    in_transaction(_record_in, conn, delivery_id, o, now)
+
+
+def _record_in(conn: sqlite3.Connection, delivery_id: int, o: Outcome, now: float) -> None:
+    conn.execute(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, updated_at = ?,"
+        " next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?, last_reason = ?,"
+        " last_status = ? WHERE id = ?",
+        (_STATUS_FOR[o.outcome], now, o.next_attempt_at, o.error, o.reason, o.status_code,
+         delivery_id),
+    )  # fmt: skip
+    conn.execute(
+        "INSERT INTO attempts (delivery_id, at, outcome, reason, status_code, duration, error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (delivery_id, now, o.outcome, o.reason, o.status_code, o.duration, o.error),
+    )
 
 
 def _counts(conn: sqlite3.Connection) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
@@ -196,22 +197,13 @@ def test_a_second_relay_on_the_same_database_is_refused(tmp_path):
     """Two relays on one database would send everything twice; the second one refuses to start."""
     port = free_port()
     config = write_config(tmp_path, f"[server]\nport = {port}\n")
-    env = {**os.environ, "DATASLAYER_SECRET": ""}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    try:
-        _wait_for_port(port)
+    with serving(config, port):
         (tmp_path / "second").mkdir()
         body = f'[server]\nport = {free_port()}\n[storage]\npath = "{tmp_path / "relay.db"}"\n'
         second = write_config(tmp_path / "second", body)
         result = run_relay("serve", "-c", str(second))
-        assert result.returncode == 1
-        assert "another relay is already serving from" in result.stderr
-    finally:
-        first.terminate()
-        first.communicate(timeout=20)
+    assert result.returncode == 1
+    assert "another relay is already serving from" in result.stderr
 
 
 def test_preview_piped_into_head_exits_quietly():
@@ -225,6 +217,22 @@ def test_preview_piped_into_head_exits_quietly():
         err = proc.stderr.read().decode()
         proc.wait(timeout=20)
     assert "Traceback" not in err
+
+
+@contextlib.contextmanager
+def serving(config, port):
+    """`relay serve -c config` in the background until the block ends."""
+    env = {**os.environ, "DATASLAYER_SECRET": ""}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        _wait_for_port(port)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
 
 
 def _wait_for_port(port):
@@ -244,18 +252,9 @@ def test_send_test_explains_a_401_and_refuses_a_bad_url(tmp_path):
     assert 'must be an http:// or https:// URL, not "notaurl"' in result.stderr
     port = free_port()
     config = write_config(tmp_path, f"[server]\nport = {port}\n")  # the vectors' secret
-    env = {**os.environ, "DATASLAYER_SECRET": ""}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    try:
-        _wait_for_port(port)
+    with serving(config, port):
         url = f"http://127.0.0.1:{port}/webhooks/dataslayer"
         result = run_relay("send-test", "-c", "config.toml", "--url", url)  # the demo secret
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     assert result.returncode == 1
     assert result.stdout.startswith("401 ")
     assert "hint: send-test encrypted with the demo secret" in result.stderr
@@ -296,16 +295,7 @@ def test_send_test_passes_the_configured_credentials(tmp_path):
         'username = "dataslayer"\npassword = "pa55-word"\n'
     )
     config = write_config(tmp_path, body)
-    env = {**os.environ, "DATASLAYER_SECRET": ""}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "-c", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
-    try:
-        _wait_for_port(port)
+    with serving(config, port):
         result = run_relay("send-test", "-c", str(config))
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
     assert result.returncode == 0, result.stderr
     assert '"status": "accepted"' in result.stdout
