@@ -159,7 +159,7 @@ def _validate_sinks(raw_sinks: Any, problems: list[Problem]) -> dict[str, SinkCo
 def _validate_sink(name: str, table: dict[str, Any], problems: list[Problem]) -> SinkConfig | None:
     path = f"sinks.{name}"
     kind = table.get("type")
-    if kind not in SINK_TYPES:
+    if not isinstance(kind, str) or kind not in SINK_TYPES:
         known = ", ".join(sorted(SINK_TYPES))
         if kind is None:
             problems.append(Problem(f"{path}.type", f"missing; one of: {known}"))

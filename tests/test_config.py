@@ -319,3 +319,13 @@ def test_unknown_route_sinks_are_listed_with_the_other_problems(tmp_path):
     problems = _problems(tmp_path, '[server]\nport = "x"\n[[routes]]\nsinks = ["ghost"]\n')
     assert any(p.startswith("server.port:") for p in problems)
     assert 'routes[0].sinks[0]: unknown sink "ghost"' in problems
+
+
+def test_every_registered_sink_type_loads_and_names_itself():
+    """Each entry of the lazy registry imports to a Sink class whose `type` is its key."""
+    from relay.sinks import SINK_TYPES, Sink
+
+    assert sorted(SINK_TYPES) == ["console", "email", "slack", "webhook"]
+    for kind, cls in SINK_TYPES.items():
+        assert issubclass(cls, Sink)
+        assert cls.type == kind

@@ -1,24 +1,46 @@
 """Sink types, by the ``type`` key of a ``[sinks.NAME]`` table.
 
 Adding a sink type: its module here, its tests, one line in ``SINK_TYPES``, a README section.
+A type's module is imported the first time a config uses it, so the relay does not pay for
+slack-sdk or aiosmtplib at start when no sink needs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Iterator, Mapping
 
 from relay.sinks.base import Message, Part, Sink, SinkConfig, SinkContext
-from relay.sinks.console import ConsoleSink
-from relay.sinks.email import EmailSink
-from relay.sinks.slack import SlackSink
-from relay.sinks.webhook import WebhookSink
 
-SINK_TYPES: dict[str, type[Sink]] = {
-    "console": ConsoleSink,
-    "email": EmailSink,
-    "slack": SlackSink,
-    "webhook": WebhookSink,
-}
+
+class _SinkTypes(Mapping[str, type[Sink]]):
+    """``type`` -> sink class, importing each class's module on first use."""
+
+    def __init__(self, paths: dict[str, str]) -> None:
+        self._paths = paths
+        self._loaded: dict[str, type[Sink]] = {}
+
+    def __getitem__(self, kind: str) -> type[Sink]:
+        if kind not in self._loaded:
+            module, _, name = self._paths[kind].partition(":")
+            self._loaded[kind] = getattr(importlib.import_module(module), name)
+        return self._loaded[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+SINK_TYPES: Mapping[str, type[Sink]] = _SinkTypes(
+    {
+        "console": "relay.sinks.console:ConsoleSink",
+        "email": "relay.sinks.email:EmailSink",
+        "slack": "relay.sinks.slack:SlackSink",
+        "webhook": "relay.sinks.webhook:WebhookSink",
+    }
+)
 
 
 def build_sinks(configs: Mapping[str, SinkConfig], context: SinkContext) -> dict[str, Sink]:
