@@ -114,7 +114,7 @@ class StorageConfig(_Section):
 
 
 class DeliveryConfig(_Section):
-    max_attempts: Int = Field(default=10, ge=1, le=1000)
+    max_attempts: Int = Field(default=10, ge=1, le=1_000_000)
     initial_backoff: Float = Field(default=5.0, gt=0, le=86400)
     max_backoff: Float = Field(default=3600.0, gt=0, le=7 * 86400)
     timeout: Float = Field(default=15.0, gt=0, le=3600)
