@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 
 from bench.load import LoadResult, LoadSpec
-from bench.procs import SECRET, LoadPool, running, spawn_app
+from bench.procs import SECRET, Child, LoadPool, running, spawn_app, spawn_relay
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,17 @@ class Bench:
     folder per scenario (``folder()``), ``load()`` in the load process, the shared webhook
     receiver (``receiver()``), and event numbers unique across the whole run."""
 
-    def __init__(self, sizes: Sizes, workdir: Path) -> None:
+    def __init__(
+        self,
+        sizes: Sizes,
+        workdir: Path,
+        relay_source: Path | None = None,
+        sink_settings: tuple[str, ...] = (),
+    ) -> None:
         self.sizes = sizes
         self.workdir = workdir
+        self.relay_source = relay_source  # None: the checkout's relay
+        self.sink_settings = sink_settings  # TOML lines added to the relay's sink
         self.run_id = uuid.uuid4().hex[:12]
         self._pool = LoadPool()
         self._next_seq = 0
@@ -116,6 +124,11 @@ class Bench:
             self._receiver = ReceiverControl(child.url)
         await self._receiver.reset()
         return self._receiver
+
+    def spawn_relay(self, folder: Path, sink: str) -> Child:
+        """The relay (from ``relay_source``) with ``sink`` and the run's ``sink_settings``."""
+        extra = "".join(f"{line}\n" for line in self.sink_settings)
+        return spawn_relay(folder, sink + extra, self.relay_source)
 
     def folder(self, name: str) -> Path:
         path = self.workdir / f"{next(self._folders):02d}-{name}"

@@ -48,13 +48,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _child_env() -> dict[str, str]:
+def child_env(relay_source: Path | None = None) -> dict[str, str]:
+    """The environment of every child: no proxies, the repository importable (the relay from
+    ``relay_source`` when given: a folder holding ``relay/``), bytecode kept."""
     env = dict(os.environ)
+    # With PYTHONDONTWRITEBYTECODE set (as in some sandboxes), an editable relay would compile
+    # its modules from source at every start, which an installed relay never does.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # The relay's HTTP client honours proxy variables; benchmark traffic stays on 127.0.0.1.
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
         env.pop(name, None)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # Ahead of the editable install's finder, so a source tree given here wins.
+    paths = [str(relay_source) if relay_source else "", str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     return env
 
 
@@ -96,14 +103,17 @@ class Child:
         return self.proc.wait()
 
 
-def spawn(name: str, argv: list[str], port: int, workdir: Path) -> Child:
+def spawn(
+    name: str, argv: list[str], port: int, workdir: Path, relay_source: Path | None = None
+) -> Child:
+    """``python ARGV`` in ``workdir``, its output in ``NAME.log`` there."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         spawned_at = time.monotonic()
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [sys.executable, *argv],
             cwd=workdir,
-            env=_child_env(),
+            env=child_env(relay_source),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -133,7 +143,8 @@ async def wait_ready(child: Child, within: float = READY_TIMEOUT) -> float:
 def spawn_app(kind: str, workdir: Path, *args: str) -> Child:
     """``python -m bench.apps KIND`` on a free port (not waited for: see ``running``)."""
     port = free_port()
-    return spawn(kind, ["-m", "bench.apps", kind, "--port", str(port), *args], port, workdir)
+    argv = ["-m", "bench.apps", kind, "--port", str(port), *args]
+    return spawn(kind, argv, port, workdir)
 
 
 async def running(stack: AsyncExitStack, *children: Child) -> None:
@@ -169,7 +180,7 @@ def relay_config(workdir: Path, port: int, sink: str) -> Path:
             # must not make deliveries dead, and must be retried soon after it is back (the
             # sink's circuit breaker pauses it for at most max_backoff, too).
             [delivery]
-            max_attempts = 100000
+            max_attempts = 1000
             initial_backoff = 0.05
             max_backoff = 0.25
             timeout = 10
@@ -192,10 +203,12 @@ def slack_sink(url: str) -> str:
     return f'type = "slack"\nwebhook_url = "{url}"\n'
 
 
-def spawn_relay(workdir: Path, sink: str) -> Child:
+def spawn_relay(workdir: Path, sink: str, source: Path | None = None) -> Child:
+    """``python -m relay serve`` with a benchmark config (not waited for: see ``running``)."""
     port = free_port()
     config = relay_config(workdir, port, sink)
-    return spawn("relay", ["-m", "relay", "serve", "-c", str(config)], port, workdir)
+    argv = ["-m", "relay", "serve", "-c", str(config)]
+    return spawn("relay", argv, port, workdir, source)
 
 
 def relay_url(relay: Child) -> str:

@@ -1,4 +1,4 @@
-"""``python -m bench.profile [--phase ingest|drain|all] [--events N]``: where the relay's time goes.
+"""``python -m bench.profile [--phase ingest|drain|all]``: where the relay's time goes.
 
 Runs the relay as in the benchmark, samples it with py-spy (``pip install py-spy``, part of the
 ``bench`` extra) during a closed-loop ingest and during a backlog drain, and attributes every
@@ -23,17 +23,27 @@ import tempfile
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 from bench.harness import QUICK, Bench, ReceiverControl
-from bench.procs import REPO, Child, relay_url, running, spawn_app, spawn_relay, webhook_sink
+from bench.procs import (
+    REPO,
+    Child,
+    child_env,
+    relay_url,
+    running,
+    spawn_app,
+    webhook_sink,
+)
 
 RATE_HZ = 250
+DRAIN_SAMPLE_SECONDS = 60.0  # a large backlog is sampled for this long, not drained whole
 PY_SPY_EXIT_TIMEOUT = 60.0
 
 # (module, function names or None for any, step): the first matching rule wins. Function names
 # cover both the old (server.py) and the new (inbound.py) layout of the HTTP handler.
 _BODY = frozenset({"_read_body", "_token_from", "_token_from_json", "_token_from_form"})
-_CLAIM = frozenset({"_due", "_due_from_row", "_active_by_sink", "_next_due_at"})
+_CLAIM = frozenset({"_due", "_due_from_row", "_next_due_at"})
 RELAY_RULES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("relay/inbound.py", _BODY, "body read + parse"),
     ("relay/server.py", _BODY | {"handle_webhook"}, "body read + parse"),
@@ -43,11 +53,16 @@ RELAY_RULES: tuple[tuple[str, frozenset[str] | None, str], ...] = (
     ("relay/crypto.py", None, "decrypt (Fernet)"),
     ("relay/events.py", None, "event parse + id"),
     ("relay/routing.py", None, "route"),
-    ("relay/outbox.py", frozenset({"_accept_one"}), "insert"),
-    ("relay/outbox.py", _CLAIM, "worker claim (SQL)"),
-    ("relay/outbox.py", frozenset({"_record"}), "record outcome (SQL + commit)"),
-    ("relay/outbox.py", frozenset({"accept", "_flush"}), "group-commit glue"),
-    ("relay/outbox.py", None, "outbox thread hand-off"),
+    ("relay/outbox", frozenset({"_accept_one", "_accept_batch"}), "insert"),
+    ("relay/outbox", _CLAIM, "worker claim (SQL)"),
+    ("relay/outbox", frozenset({"_active_by_sink", "_next_due_by_sink"}), "worker next-due (SQL)"),
+    ("relay/outbox", frozenset({"_record"}), "record outcome (SQL)"),
+    (
+        "relay/outbox",
+        frozenset({"accept", "_flush", "_write", "_write_batch"}),
+        "group-commit glue",
+    ),
+    ("relay/outbox", None, "outbox thread hand-off"),
     ("relay/render", None, "render (Jinja)"),
     ("relay/sinks/", None, "send (sink + aiohttp client)"),
     ("relay/worker.py", None, "worker loop"),
@@ -66,7 +81,7 @@ IDLE_FRAMES = frozenset(
 )
 
 
-def classify(frames: list[str]) -> str:
+def classify(frames: list[str], root: Path = REPO) -> str:
     """The hot-path step one sampled stack (outermost first) belongs to.
 
     The innermost relay frame decides: a rule names its step; a relay frame no rule names is
@@ -78,7 +93,7 @@ def classify(frames: list[str]) -> str:
         return "idle"
     index = _innermost_relay_frame(frames)
     if index is not None:
-        step = _relay_step(frames[index])
+        step = _relay_step(frames[index], root)
         if step:
             return step
     below = frames[index + 1 :] if index is not None else frames
@@ -114,11 +129,15 @@ def _is_idle(frame: str) -> bool:
     return any(name == n and path.endswith(p) for n, p in IDLE_FRAMES)
 
 
-def _relay_step(frame: str) -> str | None:
+def _relay_step(frame: str, root: Path) -> str | None:
     name, path, line = _parse(frame)
-    if path.endswith("relay/outbox.py") and name == "_accept_batch":
-        text = linecache.getline(str(REPO / path), line)
-        return "commit (fsync)" if "COMMIT" in text else "insert"
+    if "relay/outbox" in path:
+        # Which statement a transaction helper is in says more than its name.
+        text = linecache.getline(str(root / path), line)
+        if "COMMIT" in text:
+            return "commit (fsync)"
+        if "BEGIN" in text:
+            return "begin (write lock)"
     for fragment, names, step in RELAY_RULES:
         if fragment in path and (names is None or name in names):
             return step
@@ -134,7 +153,7 @@ def thread_role(head: str) -> str:
     return "other threads"
 
 
-def summarise(raw: Iterable[str]) -> dict[str, collections.Counter[str]]:
+def summarise(raw: Iterable[str], root: Path = REPO) -> dict[str, collections.Counter[str]]:
     """Samples per step, per thread role, from py-spy's ``raw`` (collapsed stacks) output."""
     counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in raw:
@@ -144,7 +163,7 @@ def summarise(raw: Iterable[str]) -> dict[str, collections.Counter[str]]:
         frames = stack.split(";")
         head = next((f for f in frames if f.startswith("thread (")), "")
         frames = frames[frames.index(head) + 1 :] if head else frames
-        counts[thread_role(head)][classify(frames)] += int(n)
+        counts[thread_role(head)][classify(frames, root)] += int(n)
     return counts
 
 
@@ -189,14 +208,14 @@ async def profile_phase(bench: Bench, binary: str, phase: str, events: int, keep
     async with AsyncExitStack() as stack:
         receiver_app = spawn_app("receiver", folder)
         receiver = ReceiverControl(receiver_app.url)
-        relay = spawn_relay(folder, webhook_sink(receiver.hook_url))
+        relay = bench.spawn_relay(folder, webhook_sink(receiver.hook_url))
         await running(stack, receiver_app, relay)
         await bench.warm_up(relay_url(relay))
         what = await (_ingest if phase == "ingest" else _drain)(
             bench, binary, relay, receiver, events, out
         )
     with out.open(encoding="utf-8") as raw:
-        return render(f"\n== {phase}: {what} ==", summarise(raw))
+        return render(f"\n== {phase}: {what} ==", summarise(raw, bench.relay_source or REPO))
 
 
 async def _ingest(
@@ -217,18 +236,26 @@ async def _drain(
     accepted = await bench.load(relay_url(relay), events, bench.sizes.backlog_concurrency)
     spy = start_sampling(binary, relay.pid, out)
     await receiver.set_up(True)
-    stats = await receiver.wait_for(accepted.ok, bench.sizes.time_cap)
+    stats = await receiver.wait_for(accepted.ok, DRAIN_SAMPLE_SECONDS)
     stop_sampling(spy)
     seconds = stats["last_arrival"] - stats["up_at"]
-    return f"{stats['received']:,} deliveries drained in {seconds:.1f} s"
+    return f"{stats['received']:,} of a {accepted.ok:,}-event backlog delivered in {seconds:.1f} s"
 
 
-def import_times(top: int = 12) -> str:
-    """The slowest top-level imports of ``relay.cli`` by ``-X importtime`` (cumulative)."""
-    run = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import relay.cli"],
-        capture_output=True, text=True, check=True, cwd=REPO, timeout=60,
-    )  # fmt: skip
+def import_times(relay_source: Path | None, top: int = 12) -> str:
+    """The slowest imports of ``relay.cli`` by ``-X importtime`` (cumulative), bytecode cached
+    as in an installed relay (a first, untimed import writes it)."""
+    argv = [sys.executable, "-X", "importtime", "-c", "import relay.cli"]
+    for _ in range(2):
+        run = subprocess.run(  # noqa: S603 - our own interpreter
+            argv,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=relay_source or REPO,  # "-c" imports from the working folder first
+            timeout=60,
+            env=child_env(relay_source),
+        )
     rows = []
     for line in run.stderr.splitlines():
         parts = line.removeprefix("import time:").split("|")
@@ -241,19 +268,20 @@ def import_times(top: int = 12) -> str:
     return "\n".join(lines)
 
 
-async def main_async(phases: list[str], events: int, keep: Path) -> int:
+async def main_async(
+    phases: list[str], sizes: dict[str, int], keep: Path | None, bench_args: tuple[Any, ...]
+) -> int:
     binary = py_spy()
     if binary is None:
         print("py-spy is not installed (pip install -e '.[bench]')", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="relay-profile-") as tmp:
-        bench = Bench(QUICK, Path(tmp))
-        try:
+        async with Bench(QUICK, Path(tmp), *bench_args) as bench:
             for phase in phases:
-                print(await profile_phase(bench, binary, phase, events, keep), flush=True)
-        finally:
-            bench.close()
-    print(import_times())
+                samples = keep or Path(tmp)
+                report = await profile_phase(bench, binary, phase, sizes[phase], samples)
+                print(report, flush=True)
+    print(import_times(bench_args[0]))
     return 0
 
 
@@ -262,19 +290,25 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench.profile", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--phase", choices=("ingest", "drain", "all"), default="all")
-    parser.add_argument("--events", type=int, default=5_000, help="events per phase")
     parser.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "bench" / "results",
-        help="where the raw py-spy samples go",
+        "--events", type=int, default=10_000, help="events sent while sampling ingest"
     )
+    parser.add_argument(
+        "--backlog", type=int, default=30_000, help="events accepted before sampling the drain"
+    )
+    parser.add_argument("--keep", type=Path, help="keep py-spy's raw samples in this folder")
+    parser.add_argument("--relay-src", type=Path, help="as for bench.run")
+    parser.add_argument("--sink-setting", action="append", default=[], help="as for bench.run")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         print("note: py-spy may need root (or ptrace permission) to attach", file=sys.stderr)
     phases = ["ingest", "drain"] if args.phase == "all" else [args.phase]
-    return asyncio.run(main_async(phases, args.events, args.out))
+    sizes = {"ingest": args.events, "drain": args.backlog}
+    source = args.relay_src.resolve() if args.relay_src else None
+    bench_args = (source, tuple(args.sink_setting))
+    return asyncio.run(main_async(phases, sizes, args.keep, bench_args))
 
 
 if __name__ == "__main__":

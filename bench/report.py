@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sqlite3
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 
 Results = dict[str, dict[str, Any]]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,21 @@ def verdicts(results: Results) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def revision() -> str:
+    """The relay's git commit, with "+dirty" when the work tree differs from it."""
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=10)  # noqa: S603, S607
+        return run.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "relay")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:

@@ -28,10 +28,23 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[2])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
+    size.add_argument("--quick", action="store_true", help="smaller runs (a few minutes)")
     size.add_argument("--smoke", action="store_true", help="tiny runs that prove the harness works")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where results go")
+    parser.add_argument(
+        "--relay-src",
+        type=Path,
+        help="run the relay from this folder (holding relay/), e.g. another commit's"
+        " `git archive`; default: this checkout",
+    )
+    parser.add_argument(
+        "--sink-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TOML line added to the relay's sink, e.g. concurrency=32 (repeatable)",
+    )
     return parser
 
 
@@ -55,9 +68,9 @@ def _mode(args: argparse.Namespace) -> tuple[str, Sizes]:
     return "full", FULL
 
 
-async def _run_all(names: list[str], sizes: Sizes, workdir: Path) -> dict[str, dict[str, Any]]:
+async def _run_all(names: list[str], bench: Bench) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    async with Bench(sizes, workdir) as bench:
+    async with bench:
         for name in names:
             began = time.monotonic()
             print(f"running {name} ...", file=sys.stderr, flush=True)
@@ -70,22 +83,33 @@ async def _run_all(names: list[str], sizes: Sizes, workdir: Path) -> dict[str, d
     return results
 
 
+def _rounded(values: tuple[float, ...]) -> list[float]:
+    return [round(v, 2) for v in values]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     names = _selected(args.only)
     mode, sizes = _mode(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    source = args.relay_src.resolve() if args.relay_src else None
+    # Taken before the run: the checkout may change while it runs.
+    revision = str(source) if source else report.revision()
     began, load_before = time.monotonic(), os.getloadavg()
+    settings = tuple(args.sink_setting)
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-        results = asyncio.run(_run_all(names, sizes, Path(tmp)))
+        bench = Bench(sizes, Path(tmp), source, settings)
+        results = asyncio.run(_run_all(names, bench))
     document = {
         "mode": mode,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.monotonic() - began, 1),
+        "relay": revision,
+        "sink_settings": list(settings),
         "machine": report.machine(),
         # Other work on the machine skews every number: worth a look before trusting a run.
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_before": _rounded(load_before),
+        "loadavg_after": _rounded(os.getloadavg()),
         "sizes": dataclasses.asdict(sizes),
         "targets": report.verdicts(results),
         "scenarios": results,

@@ -15,7 +15,6 @@ from bench.procs import (
     proc_status_kb,
     relay_url,
     running,
-    spawn_relay,
     webhook_sink,
 )
 from bench.report import row
@@ -27,7 +26,7 @@ async def run(bench: Bench) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         receiver = await bench.receiver()
         await receiver.set_up(False)
-        relay = spawn_relay(folder, webhook_sink(receiver.hook_url))
+        relay = bench.spawn_relay(folder, webhook_sink(receiver.hook_url))
         sampler = RssSampler(relay.pid).start()
         stack.push_async_callback(sampler.stop)
         await running(stack, relay)

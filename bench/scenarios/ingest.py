@@ -23,7 +23,6 @@ from bench.procs import (
     relay_url,
     running,
     spawn_app,
-    spawn_relay,
     webhook_sink,
 )
 from bench.report import row
@@ -36,7 +35,7 @@ async def run(bench: Bench) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         receiver = await bench.receiver()
         await receiver.set_up(False)
-        relay = spawn_relay(folder, webhook_sink(receiver.hook_url))
+        relay = bench.spawn_relay(folder, webhook_sink(receiver.hook_url))
         bare = spawn_app("bare", folder, "--path", RELAY_PATH, "--max-body", str(MAX_BODY))
         await running(stack, relay, bare)
         sampler = RssSampler(relay.pid).start()

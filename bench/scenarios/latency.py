@@ -7,7 +7,7 @@ from typing import Any
 
 from bench.harness import Bench
 from bench.load import LoadResult
-from bench.procs import RssSampler, relay_url, running, spawn_relay, webhook_sink
+from bench.procs import RssSampler, relay_url, running, webhook_sink
 from bench.report import row
 from bench.stats import latency_ms
 
@@ -20,14 +20,15 @@ async def run(bench: Bench) -> dict[str, Any]:
     folder = bench.folder("latency")
     async with AsyncExitStack() as stack:
         receiver = await bench.receiver()
-        relay = spawn_relay(folder, webhook_sink(receiver.hook_url))
+        relay = bench.spawn_relay(folder, webhook_sink(receiver.hook_url))
         await running(stack, relay)
         sampler = RssSampler(relay.pid).start()
         stack.push_async_callback(sampler.stop)
         url = relay_url(relay)
         await bench.warm_up(url)
-        # The warm-up's deliveries must not queue ahead of the measured ones.
+        # The warm-up's deliveries must not queue ahead of the measured ones, nor be counted.
         await receiver.wait_for(bench.sizes.warmup, ARRIVAL_GRACE)
+        await receiver.reset()
         count = round(s.latency_rate * s.latency_seconds)
         result = await bench.load(url, count, MAX_IN_FLIGHT, rate=s.latency_rate)
         await receiver.wait_for(result.ok, ARRIVAL_GRACE)

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.harness import Bench
 from bench.load import LoadResult
-from bench.procs import SECRET, relay_url, running, slack_sink, spawn_app, spawn_relay
+from bench.procs import SECRET, relay_url, running, slack_sink, spawn_app
 from bench.report import row
 from bench.stats import latency_ms, percentile
 
@@ -29,7 +29,7 @@ async def run(bench: Bench) -> dict[str, Any]:
     folder = bench.folder("naive")
     steps: dict[str, list[tuple[float, LoadResult]]] = {}
     slack = spawn_app("slack", folder, "--per-message", str(SLACK_SECONDS))
-    relay = spawn_relay(folder, slack_sink(slack.url + SLACK_PATH))
+    relay = bench.spawn_relay(folder, slack_sink(slack.url + SLACK_PATH))
     naive = spawn_app("naive", folder, "--secret", SECRET, "--slack-url", slack.url + SLACK_PATH)
     async with AsyncExitStack() as stack:
         await running(stack, slack, relay, naive)  # together: spawns are slow
