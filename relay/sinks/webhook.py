@@ -22,6 +22,7 @@ import yarl
 from multidict import CIMultiDict
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from relay.config_types import Int
 from relay.errors import DeliveryError
 from relay.failures import classify_exception, classify_status, parse_retry_after
 from relay.secret import Secret
@@ -70,6 +71,8 @@ class WebhookConfig(SinkConfig):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     type: Literal["webhook"] = "webhook"
+    # Your own endpoints usually take more than Slack's pace: 16 sends in flight by default.
+    concurrency: Int = Field(default=16, ge=1, le=256, description="sends in flight at once")
     url: str
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, Secret] = Field(default_factory=dict)
