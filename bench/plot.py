@@ -22,11 +22,14 @@ def plot(results: Results, path: Path) -> str:
         from matplotlib.ticker import FuncFormatter
     except ImportError:
         return "no plot: matplotlib is not installed (pip install -e '.[bench]')"
+    # "20", not "2 x 10^1", on log axes; between decades only 2 and 5 are labelled.
     plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+    sparse = FuncFormatter(lambda value, _pos: f"{value:g}" if f"{value:g}"[0] in "25" else "")
     fig, axes = plt.subplots(len(drawn), 1, figsize=(10, 3.6 * len(drawn)), squeeze=False)
     for ax, (panel, series) in zip(axes[:, 0], drawn, strict=True):
         panel(ax, series)
-        ax.yaxis.set_major_formatter(plain)  # "20", not "2 x 10^1", on log axes
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(sparse)
         ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -19,7 +19,7 @@ import textwrap
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -74,7 +74,6 @@ class Child:
     port: int
     log: Path
     spawned_at: float
-    killed: bool = field(default=False)
 
     @property
     def url(self) -> str:
@@ -95,7 +94,6 @@ class Child:
             try:
                 await asyncio.to_thread(self.proc.wait, STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
-                self.killed = True
                 self.proc.kill()
                 print(
                     f"{self.name} ignored SIGTERM for {STOP_TIMEOUT:g} s; killed", file=sys.stderr
@@ -134,7 +132,7 @@ async def wait_ready(child: Child, within: float = READY_TIMEOUT) -> float:
                     if answer.status == 200:
                         return time.monotonic() - child.spawned_at
             except aiohttp.ClientError:
-                pass
+                pass  # not listening yet
             await asyncio.sleep(0.002)
     await child.stop()
     raise RuntimeError(f"{child.name} did not become ready:\n{child.log_tail()}")

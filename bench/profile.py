@@ -100,7 +100,7 @@ def classify(frames: list[str], root: Path = REPO) -> str:
     if any(
         "aiohttp/web_" in f or "aiohttp/http" in f or "aiohttp/base_protocol" in f for f in below
     ):
-        return "aiohttp server (HTTP in/out)"
+        return "aiohttp HTTP protocol (in and out)"
     if any("asyncio/" in f for f in below):
         return "event loop"
     if index is not None:
@@ -211,6 +211,9 @@ async def profile_phase(bench: Bench, binary: str, phase: str, events: int, keep
         relay = bench.spawn_relay(folder, webhook_sink(receiver.hook_url))
         await running(stack, receiver_app, relay)
         await bench.warm_up(relay_url(relay))
+        # Counted from zero: the warm-up's deliveries are not part of what is measured.
+        await receiver.wait_for(bench.sizes.warmup, DRAIN_SAMPLE_SECONDS)
+        await receiver.reset()
         what = await (_ingest if phase == "ingest" else _drain)(
             bench, binary, relay, receiver, events, out
         )
