@@ -35,7 +35,7 @@ def template_problems(config: Config, renderer: Renderer | None = None) -> list[
             renderer = Renderer(config.templates.dir, config.templates.timezone)
         except ValueError as exc:
             return [f"templates: {exc}"]
-    problems = [str(p) for p in renderer.compile_all()]
+    problems = [str(p) for p in renderer.compile_all(escape_kinds(config))]
     types = event_types(config)
     for name, sink in config.sinks.items():
         parts = SINK_TYPES[sink.type].parts
@@ -49,6 +49,12 @@ def template_problems(config: Config, renderer: Renderer | None = None) -> list[
             if str(p) not in problems:  # a syntax error is reported once, not once per sink
                 problems.append(f"sinks.{name}: {p}")
     return list(dict.fromkeys(problems))
+
+
+def escape_kinds(config: Config) -> list[str]:
+    """The escape kinds the configured sinks render with (what is worth compiling at start)."""
+    kinds = {part.escape for s in config.sinks.values() for part in SINK_TYPES[s.type].parts}
+    return sorted(kinds) or ["none"]
 
 
 def event_types(config: Config) -> list[str]:

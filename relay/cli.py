@@ -213,7 +213,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     setup_logging(config.logging.level, config.logging.format, config.logging.show_personal_data)
-    problems = template_problems(config)
+    try:
+        renderer = Renderer(config.templates.dir, config.templates.timezone)
+        problems = template_problems(config, renderer)
+    except ValueError as exc:
+        renderer, problems = None, [f"templates: {exc}"]
     if problems:
         print(f"{config.path}: template problems:", file=sys.stderr)
         for problem in problems:
@@ -234,7 +238,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     try:
-        asyncio.run(serve(config, announce))
+        asyncio.run(serve(config, announce, renderer))
     except StorageError as exc:
         log.error("cannot start: %s", exc)
         return 1

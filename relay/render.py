@@ -97,13 +97,18 @@ class Renderer:
                 rendered[part.name] = text
         return rendered
 
-    def compile_all(self) -> list[TemplateError]:
-        """Compile every template in the user and built-in folders; return the problems."""
+    def compile_all(self, kinds: Iterable[str] | None = None) -> list[TemplateError]:
+        """Compile every template in the user and built-in folders; return the problems.
+
+        Each escape kind compiles its own copy (finalize is baked in). ``kinds`` limits the
+        warm-up to the kinds the configured sinks use (the first kind also catches syntax
+        errors in templates no sink uses); None warms them all.
+        """
+        envs = [self._envs[k] for k in kinds] if kinds else list(self._envs.values())
         problems: list[TemplateError] = []
         for name in self._template_names():
             try:
-                # Each escape kind compiles its own copy (finalize is baked in); warm them all.
-                for env in self._envs.values():
+                for env in envs:
                     env.get_template(name)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(_as_template_error(exc, name, self._roots))

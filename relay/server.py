@@ -19,6 +19,7 @@ from typing import TextIO
 import aiohttp
 from aiohttp import web
 
+from relay.checks import escape_kinds
 from relay.clock import Clock, SystemClock
 from relay.config import Config
 from relay.crypto import TokenVerifier
@@ -53,8 +54,13 @@ def create_app(
     clock: Clock | None = None,
     stdout: TextIO | None = None,
     run_worker: bool = True,
+    renderer: Renderer | None = None,
 ) -> web.Application:
-    """The relay as an aiohttp app; with ``run_worker=False`` tests call ``app[WORKER].drain()``."""
+    """The relay as an aiohttp app; with ``run_worker=False`` tests call ``app[WORKER].drain()``.
+
+    ``renderer``: one whose templates were already checked (``relay serve`` checks them before
+    it starts), so they are not compiled a second time.
+    """
     # aiohttp refuses a body whose size reaches client_max_size, so allow exactly max_body_bytes.
     app = web.Application(
         client_max_size=config.server.max_body_bytes + 1, middlewares=[json_errors]
@@ -63,8 +69,10 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[STDOUT] = stdout or sys.stdout
     app[RUN_WORKER] = run_worker
-    app[RENDERER] = Renderer(config.templates.dir, config.templates.timezone)
-    app[RENDERER].compile_all()  # read the templates now, as checked; later edits need a reload
+    if renderer is None:
+        renderer = Renderer(config.templates.dir, config.templates.timezone)
+        renderer.compile_all(escape_kinds(config))  # read them now; later edits need a reload
+    app[RENDERER] = renderer
     app[STATE] = State()
     app[GATE] = Gate.from_config(config, app[CLOCK])
     app.on_shutdown.append(begin_shutdown)
@@ -191,14 +199,16 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
-async def serve(config: Config, announce: Callable[[], None]) -> None:
+async def serve(
+    config: Config, announce: Callable[[], None], renderer: Renderer | None = None
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully; a second signal exits at once.
 
     Graceful: stop accepting (new posts get 503), give sends in flight
     ``[server].shutdown_timeout`` seconds, leave the rest pending for the next start.
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while starting: not a kill
-    app = create_app(config)
+    app = create_app(config, renderer=renderer)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     try:

@@ -425,3 +425,13 @@ def test_check_sink_reports_problems_per_event_type(tmp_path: Path) -> None:
         )
         == []
     )
+
+
+def test_compile_all_for_some_kinds_still_finds_every_syntax_error(tmp_path):
+    """Warming only the escape kinds in use still reports a broken template of another sink."""
+    folder = tmp_path / "shared_connection"
+    folder.mkdir()
+    (folder / "email.html.j2").write_text("<p>{{ email </p>\n")
+    problems = Renderer(tmp_path).compile_all(["terminal"])
+    assert [p.template for p in problems] == ["shared_connection/email.html.j2"]
+    assert problems[0].line == 1
