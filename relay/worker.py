@@ -14,6 +14,7 @@ import functools
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,11 @@ IDLE_POLL = 1.0  # seconds between looks at the outbox (picks up `relay outbox r
 # Seconds between retention sweeps: often enough that a short retention is kept to within a
 # minute or so, never more than every ten minutes for a long one.
 MIN_CLEANUP_EVERY, MAX_CLEANUP_EVERY = 10.0, 600.0
+# Due deliveries are claimed from the outbox in batches of up to this many per sink (fewer for a
+# sink with a rate), kept in memory and started as the sink has room: one query per batch
+# rather than one per send. A batch older than CLAIM_TTL is read again, so what `relay outbox`
+# changed meanwhile is seen within a second.
+MAX_CLAIM, CLAIM_PER_SLOT, CLAIM_TTL = 128, 8, 1.0
 
 
 class Worker:
@@ -58,6 +64,11 @@ class Worker:
         self._metrics = metrics or Metrics()
         self.dedup_window = dedup_window  # purged events stay as tombstones this long, for dedup
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._claimed: dict[str, deque[Due]] = {}  # due now, not started yet, per sink
+        self._claimed_at: dict[str, float] = {}
+        # Per sink with nothing due now: when its next delivery is due (or the next idle poll).
+        # Forgotten when new deliveries are stored or a retry is scheduled sooner.
+        self._quiet_until: dict[str, float] = {}
         self._gates = {name: self._gate(sink, delivery) for name, sink in sinks.items()}
         self._metrics.sinks_configured(sinks)
         self._wakeup = asyncio.Event()
@@ -98,6 +109,8 @@ class Worker:
         }
         self._sinks, self._renderer, self._delivery = sinks, renderer, delivery
         self._retention = retention
+        self._claimed.clear()  # claimed for the old sinks: read again for the new ones
+        self._quiet_until.clear()
         self._next_cleanup = 0.0  # a new retention applies at once
         self._metrics.sinks_configured(sinks)
         self._wakeup.set()
@@ -111,6 +124,7 @@ class Worker:
 
     def notify(self) -> None:
         """New deliveries were stored: look now rather than at the next poll."""
+        self._quiet_until.clear()
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -192,15 +206,35 @@ class Worker:
     async def _start_due(self) -> None:
         if self._stopping:
             return
-        capacity = {name: gate.room() for name, gate in self._gates.items()}
-        for due in await self._outbox.due(self._clock.now(), capacity, set(self._in_flight)):
-            if due.sink not in self._sinks:
-                continue  # removed by a reload while we were reading the outbox
-            sink, gate = self._sinks[due.sink], self._gates[due.sink]
-            gate.started()
-            task = asyncio.create_task(self._deliver(due, sink, gate), name=f"deliver-{due.id}")
-            self._in_flight[due.id] = task
-            task.add_done_callback(functools.partial(self._done, due))
+        await self._claim()
+        for name, claimed in self._claimed.items():
+            sink, gate = self._sinks.get(name), self._gates.get(name)
+            if sink is None or gate is None:
+                claimed.clear()  # removed by a reload while we were reading the outbox
+                continue
+            while claimed and gate.room() > 0:
+                due = claimed.popleft()
+                gate.started()
+                task = asyncio.create_task(self._deliver(due, sink, gate), name=f"deliver-{due.id}")
+                self._in_flight[due.id] = task
+                task.add_done_callback(functools.partial(self._done, due))
+
+    async def _claim(self) -> None:
+        """Read a batch of due deliveries for each sink with room and nothing claimed left."""
+        now = self._clock.now()
+        wanted = {}
+        for name, gate in self._gates.items():
+            claimed = self._claimed.get(name)
+            if claimed and now - self._claimed_at[name] > CLAIM_TTL:
+                claimed.clear()
+            if not claimed and gate.room() > 0 and now >= self._quiet_until.get(name, now):
+                wanted[name] = _claim_size(self._sinks[name])
+        if not wanted:
+            return
+        for due in await self._outbox.due(now, wanted, set(self._in_flight)):
+            self._claimed.setdefault(due.sink, deque()).append(due)
+        for name in wanted:
+            self._claimed_at[name] = now
 
     def _done(self, due: Due, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(due.id, None)
@@ -209,12 +243,28 @@ class Worker:
     async def _sleep(self) -> None:
         delay = IDLE_POLL
         now = self._clock.now()
-        for sink, due_at in (await self._outbox.next_due_by_sink(list(self._sinks))).items():
-            gate = self._gates.get(sink)  # None: removed by a reload meanwhile
-            allowed_at = gate.next_allowed_at() if gate is not None else None
-            if gate is None or (allowed_at is None and gate.room() == 0):
-                continue  # full of sends in flight: a finishing one wakes us
-            delay = min(delay, max(due_at, allowed_at or now) - now)
+        unknown = []
+        for name, gate in self._gates.items():
+            if self._claimed.get(name):
+                if (allowed_at := gate.next_allowed_at()) is not None:
+                    delay = min(delay, allowed_at - now)
+                # else: claimed work waits for room, and a finishing send wakes us
+            elif (quiet_until := self._quiet_until.get(name)) is not None and quiet_until > now:
+                delay = min(delay, quiet_until - now)
+            else:
+                unknown.append(name)
+        if unknown:
+            next_due = await self._outbox.next_due_by_sink(unknown)
+            for sink in unknown:
+                gate = self._gates.get(sink)  # None: removed by a reload meanwhile
+                if gate is None:
+                    continue
+                due_at = next_due.get(sink)
+                self._quiet_until[sink] = now + IDLE_POLL if due_at is None else due_at
+                allowed_at = gate.next_allowed_at()
+                if due_at is None or (allowed_at is None and gate.room() == 0):
+                    continue  # nothing to send, or no room: a finishing send wakes us
+                delay = min(delay, max(due_at, allowed_at or now) - now)
         self._wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout=max(delay, 0.005))
@@ -226,33 +276,42 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _deliver(self, due: Due, sink: Sink, gate: SinkGate) -> None:
-        error: DeliveryError | None = None
+        started = time.perf_counter()
         try:
             error = await self._attempt(due, sink)
+        except BaseException:
+            gate.finished(ok=False, retryable_failure=False)  # cancelled: stays pending
+            raise
+        duration = time.perf_counter() - started
+        # The sink is done with it: its slot goes to the next send while the outcome is written
+        # (the delivery stays in flight, so it is not claimed again before that commit).
+        gate.finished(ok=error is None, retryable_failure=error is not None and error.retryable)
+        self._wakeup.set()
+        try:
+            if error is None:
+                await self._succeeded(due, duration)
+            else:
+                await self._failed(due, error, duration)
         except StorageError as exc:
             # The delivery stays pending in the outbox and is sent again: at least once.
             log.error(
                 "could not record the outcome of delivery %s: %s", due.id, exc, extra=_about(due)
             )
-        finally:
-            gate.finished(ok=error is None, retryable_failure=error is not None and error.retryable)
 
     async def _attempt(self, due: Due, sink: Sink) -> DeliveryError | None:
-        """Send once and record the outcome; the error, if the send failed."""
-        started = time.perf_counter()
+        """Send once; the error, if the send failed."""
         try:
             await self._send(due, sink)
         except DeliveryError as error:
-            await self._failed(due, error, time.perf_counter() - started)
             return error
         except Exception as exc:  # a sink bug must not kill the worker: record it and go on
             log.exception(
                 "sink %s raised unexpectedly on delivery %s", due.sink, due.id, extra=_about(due)
             )
-            failure = classify_exception(exc)
-            await self._failed(due, failure, time.perf_counter() - started)
-            return failure
-        duration = time.perf_counter() - started
+            return classify_exception(exc)
+        return None
+
+    async def _succeeded(self, due: Due, duration: float) -> None:
         now = self._clock.now()
         await self._outbox.record(due.id, Outcome("delivered", duration), now)
         self._metrics.attempt(due.sink, "delivered", None, duration)
@@ -265,7 +324,6 @@ class Worker:
             duration * 1000,
             extra=_about(due),
         )
-        return None
 
     async def _send(self, due: Due, sink: Sink) -> None:
         try:
@@ -313,6 +371,9 @@ class Worker:
                 extra=_about(due),
             )
         await self._outbox.record(due.id, outcome, now)
+        quiet_until = self._quiet_until.get(due.sink)
+        if outcome.next_attempt_at is not None and quiet_until is not None:
+            self._quiet_until[due.sink] = min(quiet_until, outcome.next_attempt_at)  # due then
         self._metrics.attempt(due.sink, outcome.outcome, error.reason, duration)
 
     def retry_delay(self, attempt: int, retry_after: float | None) -> float:
@@ -322,6 +383,15 @@ class Worker:
         d = self._delivery
         base = min(d.max_backoff, d.initial_backoff * 2 ** (attempt - 1))
         return float(base * self._rng.uniform(0.5, 1.0))
+
+
+def _claim_size(sink: Sink) -> int:
+    """How many due deliveries to claim at once: a few rounds of the sink's in-flight limit, and
+    no more than a second's worth for a sink with a rate."""
+    size = min(MAX_CLAIM, sink.config.concurrency * CLAIM_PER_SLOT)
+    if sink.config.rate:
+        size = min(size, max(1, int(sink.config.rate)))
+    return size
 
 
 def _same_config(old: Sink | None, new: Sink) -> bool:
