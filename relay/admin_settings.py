@@ -1,4 +1,4 @@
-"""What ``relay outbox`` reads from config.toml, leniently: the database, dedup window, sink names.
+"""What ``relay outbox`` reads from config.toml, leniently: the database, dedup memory, sink names.
 
 The operator's shell may lack the server's secrets, and the config may have a mistake that does
 not concern the outbox; neither should stop someone from looking at or repairing the outbox.
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.config_env import expand_env
+from relay.config_sections import remembered_for
+from relay.crypto import DEFAULT_MAX_CLOCK_SKEW
 from relay.errors import ConfigError, Problem
 
 DEFAULT_DB = "relay.db"
@@ -23,13 +25,14 @@ DEFAULT_DEDUP_WINDOW = 86400.0
 
 @dataclass(frozen=True)
 class OutboxSettings:
-    """The database to open, how long purged events are remembered, and the sinks configured.
+    """The database to open, how long purged events are remembered (``dedup_window`` plus
+    ``max_clock_skew``, as the server remembers them), and the sinks configured.
 
     ``sinks`` is None when no config was read, so nothing can be said about them.
     """
 
     db: Path
-    dedup_window: float = DEFAULT_DEDUP_WINDOW
+    remember_for: float = DEFAULT_DEDUP_WINDOW + DEFAULT_MAX_CLOCK_SKEW
     sinks: frozenset[str] | None = None
 
     def knows(self, sink: str) -> bool:
@@ -48,7 +51,11 @@ def outbox_settings(
     if db is not None and not config_given and not config.exists():
         return OutboxSettings(db)
     data, unset = _read(config, environ)
-    window = _dedup_window(_table(data, "dataslayer").get("dedup_window"))
+    ds = _table(data, "dataslayer")
+    window = remembered_for(
+        _seconds(ds, "dedup_window", DEFAULT_DEDUP_WINDOW),
+        _seconds(ds, "max_clock_skew", DEFAULT_MAX_CLOCK_SKEW),
+    )
     sinks = frozenset(_table(data, "sinks"))
     if db is None:
         db = _db_path(config, _table(data, "storage").get("path", DEFAULT_DB), unset)
@@ -86,15 +93,16 @@ def _db_path(config: Path, value: Any, unset: list[Problem]) -> Path:
     return config.resolve().parent / value
 
 
-def _dedup_window(value: Any) -> float:
+def _seconds(table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key)
     if value is None:
-        return DEFAULT_DEDUP_WINDOW
+        return default
     try:
         seconds = float(value) if isinstance(value, int | float | str) else math.nan
     except ValueError:
         seconds = math.nan
     if isinstance(value, bool) or not 0 <= seconds < math.inf:
-        raise _error("dataslayer.dedup_window", "must be a number of seconds")
+        raise _error(f"dataslayer.{key}", "must be a number of seconds")
     return seconds
 
 

@@ -85,10 +85,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _OUTBOX_HELP = """\
-These commands read only [storage].path, [dataslayer].dedup_window and the sink names from the
-config, leniently: ${VARS} that are not set (DATASLAYER_SECRET in an operator's shell) and
-mistakes elsewhere in the file do not stop them; `relay check` validates the rest. --db names
-the database directly. They work beside a running relay."""
+These commands read only [storage].path, [dataslayer].dedup_window and max_clock_skew, and the
+sink names from the config, leniently: ${VARS} that are not set (DATASLAYER_SECRET in an
+operator's shell) and mistakes elsewhere in the file do not stop them; `relay check` validates
+the rest. --db names the database directly. They work beside a running relay."""
 
 
 def _outbox_commands(outbox: argparse.ArgumentParser) -> None:
@@ -114,8 +114,8 @@ def _outbox_commands(outbox: argparse.ArgumentParser) -> None:
         "purge",
         help="delete old events that have nothing pending",
         description="Delete old events that have nothing pending. Events still inside "
-        "[dataslayer].dedup_window keep their id (a tombstone without personal data), so a "
-        "replay is still refused.",
+        "[dataslayer].dedup_window (plus max_clock_skew) keep their id (a tombstone without "
+        "personal data), so a replay is still refused.",
     )
     purge.add_argument("--older-than", type=admin.parse_duration, required=True, help="e.g. 7d")
     purge.add_argument(
@@ -196,7 +196,7 @@ def _outbox_action(conn: Any, args: argparse.Namespace, settings: OutboxSettings
 def _outbox_purge(
     conn: Any, args: argparse.Namespace, settings: OutboxSettings, now: float, note: str
 ) -> str:
-    window = settings.dedup_window
+    window = settings.remember_for
     if args.sink is None:
         n = admin.purge_older(conn, args.older_than, now, window)
         return f"purged {n} event{'' if n == 1 else 's'}"

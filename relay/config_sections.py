@@ -105,6 +105,17 @@ class DataslayerConfig(_Section):
     def all_secrets(self) -> list[str]:
         return [self.secret.reveal(), *(s.reveal() for s in self.previous_secrets)]
 
+    @property
+    def remember_for(self) -> float:
+        """Seconds an accepted event is remembered for dedup: ``dedup_window`` plus the clock
+        skew, since a token stamped up to ``max_clock_skew`` ahead stays valid that much longer."""
+        return remembered_for(self.dedup_window, self.max_clock_skew)
+
+
+def remembered_for(dedup_window: float, max_clock_skew: float) -> float:
+    """``dedup_window`` widened by the skew (0 stays 0: dedup turned off)."""
+    return dedup_window + max_clock_skew if dedup_window else 0.0
+
 
 class StorageConfig(_Section):
     path: Path = Path("relay.db")

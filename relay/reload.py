@@ -130,8 +130,8 @@ class Reloader:
         old_sinks = self._worker.reconfigure(
             sinks, renderer, config.delivery, config.storage.retention
         )
-        self._ingest.reconfigure(verifier, Router(config.routes, config.fallback), ds.dedup_window)
-        self._worker.dedup_window = ds.dedup_window
+        self._ingest.reconfigure(verifier, Router(config.routes, config.fallback), ds.remember_for)
+        self._worker.dedup_window = ds.remember_for
         if _logging_changed(self.config, config):
             lg = config.logging
             setup_logging(lg.level, lg.format, self.config.logging.show_personal_data)

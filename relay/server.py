@@ -120,7 +120,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             clock,
             retention=config.storage.retention,
             metrics=app[METRICS],
-            dedup_window=config.dataslayer.dedup_window,
+            dedup_window=config.dataslayer.remember_for,
         )
         app[SINKS], app[WORKER] = sinks, worker
         app[INGEST] = Ingest(
@@ -132,7 +132,7 @@ async def _delivery(app: web.Application) -> AsyncIterator[None]:
             Router(config.routes, config.fallback),
             app[OUTBOX],
             clock,
-            config.dataslayer.dedup_window,
+            config.dataslayer.remember_for,
             on_stored=worker.notify,
             show_personal_data=config.logging.show_personal_data,
         )

@@ -177,13 +177,18 @@ async def test_permanent_refusal_keeps_the_code(command: str, code: int) -> None
 
 
 async def test_partial_recipient_refusal_counts_as_sent(caplog: pytest.LogCaptureFixture) -> None:
-    """When some recipients are refused the mail counts as sent and the refusal is logged."""
+    """When some recipients are refused the mail counts as sent and the refusal is logged, in a
+    line that carries the event id like every line about an event."""
+    message = make_message()
     async with FakeSMTP() as server:
         server.fail("RCPT", "550 5.1.1 no such user")
         with caplog.at_level(logging.WARNING, logger="relay.sinks.email"):
-            await make_sink(server, cc=["boss@example.com"]).send(make_message())
+            await make_sink(server, cc=["boss@example.com"]).send(message)
     assert server.messages[0].rcpt_tos == ("boss@example.com",)
-    assert "550 5.1.1 no such user" in caplog.text
+    (record,) = [r for r in caplog.records if "recipients refused" in r.getMessage()]
+    assert "550 5.1.1 no such user" in record.getMessage()
+    assert message.event.id in record.getMessage()
+    assert (record.event_id, record.sink) == (message.event.id, message.sink)
 
 
 async def test_connection_refused_is_retryable() -> None:

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from relay.admin_settings import outbox_settings
 from relay.clock import FakeClock
 from relay.config import load_config
 from relay.crypto import encrypt
@@ -115,6 +116,41 @@ def test_dedup_window_must_cover_max_token_age(tmp_path):
     (problem,) = info.value.problems
     assert problem.path == "dataslayer.dedup_window"
     assert "replayed" in problem.message
+
+
+async def test_a_token_from_inside_the_skew_cannot_be_replayed_once_its_window_ends(
+    tmp_path, aiohttp_client
+):
+    """A token stamped up to max_clock_skew ahead stays valid that much longer, and so does the
+    memory of its event: replayed at the last moment it is still valid, it is a duplicate."""
+    clock = FakeClock(VECTOR_NOW)
+    body_ = """
+    max_token_age = 3600
+    dedup_window = 3600
+    max_clock_skew = 60
+    [sinks.out]
+    type = "console"
+    [[routes]]
+    sinks = ["out"]
+    """
+    config = load_config(write_config(tmp_path, body_), environ={})
+    relay = await aiohttp_client(create_app(config, clock=clock, run_worker=False))
+    token = encrypt(SECRET, b'{"type": "x", "n": 1}', now=VECTOR_NOW + 55)
+    first = await relay.post(PATH, data=body(token), headers=JSON)
+    assert (await first.json())["status"] == "accepted"
+    clock.advance(3600 + 50)  # the token is 3,595 s old: still inside max_token_age
+    again = await relay.post(PATH, data=body(token), headers=JSON)
+    assert again.status == 200
+    assert await again.json() == {"status": "duplicate", "id": (await first.json())["id"]}
+
+
+def test_relay_outbox_remembers_events_as_long_as_the_server(tmp_path):
+    """relay outbox purge keeps tombstones for dedup_window plus max_clock_skew, as the server."""
+    config = tmp_path / "config.toml"
+    config.write_text("[dataslayer]\ndedup_window = 3600\nmax_clock_skew = 30\n")
+    assert outbox_settings(config, {}).remember_for == 3630
+    config.write_text("[dataslayer]\ndedup_window = 0\n")
+    assert outbox_settings(config, {}).remember_for == 0
 
 
 async def test_repeated_failures_from_one_address_get_429_until_the_minute_ends(

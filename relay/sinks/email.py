@@ -194,7 +194,11 @@ class EmailSink(Sink):
         if refused:
             detail = "; ".join(f"{rcpt}: {r.code} {r.message}" for rcpt, r in refused.items())
             log.warning(
-                "sink %s: mail accepted, but some recipients refused: %s", self.name, detail
+                "event %s to %s: mail accepted, but some recipients refused: %s",
+                message.event.id,
+                self.name,
+                detail,
+                extra={"event_id": message.event.id, "sink": self.name},
             )
         await _quit(client)
 
