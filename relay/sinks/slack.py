@@ -160,7 +160,17 @@ class SlackSink(Sink):
             payload["blocks"] = blocks
         # api_call, not chat_postMessage: the latter emits a UserWarning for a blank text, which
         # Slack accepts when blocks carry the content. The JSON body is the same.
-        await self._web_client().api_call("chat.postMessage", json=payload)
+        try:
+            await self._web_client().api_call("chat.postMessage", json=payload)
+        except AttributeError:
+            # slack-sdk's validate() fails this way on a 200 whose JSON is not an object (a
+            # server that is not the Web API answering "ok", say): nothing a retry can change.
+            raise PermanentError(
+                "Slack's Web API answered 200 with JSON that is not an object: is api_url the "
+                "Web API's base URL (https://slack.com/api/)?",
+                reason="client",
+                status=200,
+            ) from None
 
     def _webhook_client(self, url: Secret) -> AsyncWebhookClient:
         if self._webhook is None:
@@ -241,11 +251,30 @@ def classify_answer(status: int, error: str, retry_after: float | None = None) -
 
 
 def webhook_error(status: int, body: str, headers: Mapping[str, str]) -> DeliveryError | None:
-    """None when an incoming webhook accepted the message (200, body ``ok``), else the error."""
-    if status == 200 and body.strip() == "ok":
+    """None when an incoming webhook accepted the message, else the error.
+
+    Slack answers 200 ``ok``; Slack-compatible services (Mattermost, Rocket.Chat, proxies) may
+    answer any 2xx with another body, which is a success too unless it is ``{"ok": false}``.
+    Counting it as a failure would post the message again on a retry.
+    """
+    refused = _json_refusal(body)
+    if 200 <= status < 300 and refused is None:
         return None
     retry_after = parse_retry_after(headers.get("Retry-After"))
-    return classify_answer(status, _error_code(body), retry_after)
+    return classify_answer(status, refused or _error_code(body), retry_after)
+
+
+def _json_refusal(body: str) -> str | None:
+    """Slack's error code when ``body`` is a JSON ``{"ok": false, ...}``, else None."""
+    if not body.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get("ok") is False:
+        return truncate(str(data.get("error") or ""), 100)
+    return None
 
 
 def api_error(exc: SlackApiError) -> DeliveryError:

@@ -1,0 +1,80 @@
+"""The Slack sink against Slack-compatible servers that answer otherwise than Slack does."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.errors import PermanentError
+from relay.events import SAMPLE_EVENT, event_from_dict
+from relay.secret import Secret
+from relay.sinks.base import Message, SinkContext
+from relay.sinks.slack import SlackConfig, SlackSink
+
+ANSWERS = {
+    "/plain-ok": lambda: web.Response(text="ok"),
+    "/json-ok": lambda: web.json_response({"ok": True}),
+    "/empty-204": lambda: web.Response(status=204),
+    "/json-refusal": lambda: web.json_response({"ok": False, "error": "invalid_blocks"}),
+    "/api/chat.postMessage": lambda: web.Response(text="ok"),
+}
+
+
+@pytest.fixture
+async def compatible() -> AsyncIterator[str]:
+    """A local server answering each path as in ANSWERS."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return ANSWERS[request.path]()
+
+    app = web.Application()
+    for path in ANSWERS:
+        app.router.add_post(path, answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+def message() -> Message:
+    return Message(event_from_dict(SAMPLE_EVENT, 0.0), "chat", {"text": "hello"})
+
+
+def webhook(url: str, http: aiohttp.ClientSession) -> SlackSink:
+    config = SlackConfig(type="slack", webhook_url=Secret(url))
+    return SlackSink("chat", config, SinkContext(http=http, timeout=2))
+
+
+@pytest.mark.parametrize("path", ["/plain-ok", "/json-ok", "/empty-204"])
+async def test_any_2xx_from_an_incoming_webhook_is_a_success(compatible, path):
+    """A 2xx answer that is not Slack's text "ok" still means the message was posted."""
+    async with aiohttp.ClientSession() as http:
+        await webhook(compatible + path, http).send(message())
+
+
+async def test_a_json_refusal_with_200_is_a_permanent_error_with_its_code(compatible):
+    """A 200 that says {"ok": false, "error": CODE} is a failure named by CODE."""
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(PermanentError) as caught:
+            await webhook(compatible + "/json-refusal", http).send(message())
+    assert "invalid_blocks" in str(caught.value)
+    assert caught.value.reason == "client"
+
+
+async def test_a_web_api_that_answers_plain_text_is_a_clear_permanent_error(compatible):
+    """A bot-token sink whose api_url answers 200 "ok" (not the Web API) fails clearly."""
+    config = SlackConfig(
+        type="slack", token=Secret("xoxb-0123456789"), channel="#c", api_url=compatible + "/api/"
+    )
+    async with aiohttp.ClientSession() as http:
+        sink = SlackSink("chat", config, SinkContext(http=http, timeout=2))
+        with pytest.raises(PermanentError) as caught:
+            await sink.send(message())
+    assert "api_url" in str(caught.value)
+    assert caught.value.reason == "client"
