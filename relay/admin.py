@@ -47,7 +47,10 @@ def parse_duration(text: str) -> float:
 def open_db(path: Path) -> Iterator[sqlite3.Connection]:
     if not path.exists():
         raise AdminError(f"no database at {path} (the relay creates it when it first starts)")
-    conn = connect(path)
+    try:
+        conn = connect(path)
+    except sqlite3.Error as exc:  # not a database, a folder, no permission...
+        raise AdminError(f"cannot open the database {path}: {exc}") from None
     try:
         yield conn
     finally:

@@ -1,7 +1,8 @@
 """Validating a config completely: what ``relay check``, ``relay serve`` and a reload all run.
 
 The config itself (``load_config``), then every template: compiled, and rendered against a
-sample event for every sink and every event type the routes name.
+sample event for every sink and every event type that has templates or that the routes name, and
+one type that has none (so the ``default/`` templates are rendered too).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from relay.config import Config, load_config
 from relay.errors import ConfigError, Problem
 from relay.events import SAMPLE_EVENT
-from relay.render import Renderer
+from relay.render import BUILTIN_DIR, Renderer
 from relay.sinks import SINK_TYPES
 
 
@@ -57,9 +58,42 @@ def escape_kinds(config: Config) -> list[str]:
     return sorted(kinds) or ["none"]
 
 
+# The type of a sample event that no template folder names: it renders the default/ templates.
+UNTEMPLATED_TYPE = "other_event"
+
+
 def event_types(config: Config) -> list[str]:
-    """The sample type plus every literal (non-glob) type the routes name."""
+    """The sample type, every literal (non-glob) type the routes name, every type a template
+    folder is named after, and one that has no folder (so ``default/`` is rendered too)."""
     types = {SAMPLE_EVENT["type"]}
     for route in config.routes:
         types.update(t for t in route.type if not any(c in t for c in "*?["))
-    return sorted(types)
+    folders = _folders(config.templates.dir) | _folders(BUILTIN_DIR)
+    types.update(folders - {"default"})
+    other = UNTEMPLATED_TYPE
+    while other in folders:
+        other += "_"
+    return sorted(types | {other})
+
+
+def template_warnings(config: Config) -> list[str]:
+    """A user's ``default/`` template that a built-in one for an event type comes before."""
+    user = config.templates.dir
+    warnings = []
+    for mine in sorted((user / "default").glob("*.j2")) if user.is_dir() else []:
+        for folder in sorted(_folders(BUILTIN_DIR) - {"default"}):
+            if (BUILTIN_DIR / folder / mine.name).is_file() and not (
+                user / folder / mine.name
+            ).exists():
+                warnings.append(
+                    f"templates: default/{mine.name} is not used for {folder} events: the built-in "
+                    f"{folder}/{mine.name} comes first (copy yours to {folder}/ to use it there)"
+                )
+    return warnings
+
+
+def _folders(root: Path) -> set[str]:
+    """The names of the template folders in ``root`` (event types, ``default`` and others)."""
+    if not root.is_dir():
+        return set()
+    return {p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.j2"))}

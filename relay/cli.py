@@ -17,7 +17,7 @@ import aiohttp
 
 from relay import __version__, admin
 from relay.admin_settings import OutboxSettings, outbox_settings
-from relay.checks import template_problems
+from relay.checks import template_problems, template_warnings
 from relay.config import Config, config_warnings, default_config_path, load_config
 from relay.crypto import encrypt
 from relay.errors import ConfigError, EventError, StorageError, TemplateError
@@ -29,6 +29,7 @@ from relay.server import serve
 from relay.sinks import SINK_TYPES
 
 log = logging.getLogger("relay")
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _warn(config: Config) -> None:
-    for warning in config_warnings(config):
+    for warning in config_warnings(config) + template_warnings(config):
         if config.uses_demo_secret and warning.startswith("dataslayer.secret"):
             log.warning("*" * 72)
             log.warning("%s", warning)
@@ -272,7 +273,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = _storage_problems(config) + template_problems(config)
     for text in problems:
         print(text)
-    for warning in config_warnings(config):
+    for warning in config_warnings(config) + template_warnings(config):
         print(f"warning: {warning}")
     if problems:
         return 1
@@ -287,6 +288,8 @@ def _storage_problems(config: Config) -> list[str]:
     if path.is_dir():
         return [f"storage.path: {path} is a folder; name a file, e.g. {path / 'relay.db'}"]
     folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    if path.exists() and not _looks_like_sqlite(path):
+        return [f"storage.path: {path} is not an SQLite database; name another file"]
     if path.exists():
         writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
     else:
@@ -294,6 +297,16 @@ def _storage_problems(config: Config) -> list[str]:
     if not writable:
         return [f"storage.path: cannot create or write {path} (check the folder and permissions)"]
     return []
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    """An SQLite file starts with its format's header; an empty file becomes one."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return True  # unreadable: the writability check says so
+    return head in (b"", SQLITE_HEADER)
 
 
 # -- preview -----------------------------------------------------------------------------------
