@@ -106,9 +106,10 @@ class FailureLimiter:
         left = started + WINDOW - self._clock.now()
         return left if count >= self._limit and left > 0 else None
 
-    def failed(self, client: str) -> None:
+    def failed(self, client: str) -> bool:
+        """Count a failure; True when it is the one that reaches the limit (429s from now)."""
         if not self._limit:
-            return
+            return False
         now = self._clock.now()
         started, count = self._windows.pop(client, (now, 0))
         if now - started >= WINDOW:
@@ -116,3 +117,4 @@ class FailureLimiter:
         self._windows[client] = (started, count + 1)
         while len(self._windows) > MAX_TRACKED:
             self._windows.popitem(last=False)
+        return count + 1 == self._limit

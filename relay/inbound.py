@@ -79,9 +79,14 @@ async def handle_webhook(request: web.Request) -> web.Response:
         return refused
     response = await _handle(request)
     if response.status in COUNTED:
-        gate.limiter.failed(client)
         if response.status == 401:
             log.warning("refused a request from %s: %s", client, _detail(response))
+        if gate.limiter.failed(client):
+            log.warning(
+                "%s reached server.max_failures_per_minute: its posts get 429 until its minute "
+                "is over (behind a proxy, list the proxy in server.trusted_proxies)",
+                client,
+            )
     return response
 
 

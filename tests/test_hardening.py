@@ -168,6 +168,23 @@ async def test_repeated_failures_from_one_address_get_429_until_the_minute_ends(
     assert (await relay.post(PATH, data=body(), headers=JSON)).status == 200
 
 
+async def test_reaching_the_failure_limit_is_logged_once_per_minute(
+    tmp_path, aiohttp_client, caplog
+):
+    """The failure that reaches the limit logs one warning naming the address; the 429s after it
+    and further failures in the same minute log no more."""
+    clock = FakeClock(VECTOR_NOW)
+    relay = await make_relay(tmp_path, aiohttp_client, "max_failures_per_minute = 2", clock)
+    with caplog.at_level(logging.WARNING, logger="relay"):
+        for _ in range(5):
+            await relay.post(PATH, data=b"junk", headers=JSON)
+    lines = [r.getMessage() for r in caplog.records if "max_failures_per_minute" in r.getMessage()]
+    assert lines == [
+        "127.0.0.1 reached server.max_failures_per_minute: its posts get 429 until its minute is "
+        "over (behind a proxy, list the proxy in server.trusted_proxies)"
+    ]
+
+
 async def test_successful_posts_do_not_count_as_failures(tmp_path, aiohttp_client):
     """Many accepted or duplicate posts never trip the failure limit."""
     relay = await make_relay(tmp_path, aiohttp_client, "max_failures_per_minute = 2")
