@@ -11,7 +11,15 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from relay.config_types import Bool, Float, Int
 from relay.crypto import DEFAULT_MAX_CLOCK_SKEW, fernet_key
@@ -78,28 +86,22 @@ class ServerConfig(_Section):
         return value
 
 
+def _usable_secret(value: Secret) -> Secret:
+    fernet_key(value.reveal())  # ValueError says what is wrong, never the secret
+    return value
+
+
+# A Dataslayer secret (32 characters) or Fernet key (44) that can decrypt: checked per item, so
+# an error names its place (`dataslayer.previous_secrets[1]`).
+UsableSecret = Annotated[Secret, AfterValidator(_usable_secret)]
+
+
 class DataslayerConfig(_Section):
-    secret: Secret
-    previous_secrets: tuple[Secret, ...] = ()
+    secret: UsableSecret
+    previous_secrets: tuple[UsableSecret, ...] = ()
     max_token_age: Int = Field(default=86400, ge=0, le=366 * 86400)
     dedup_window: Int = Field(default=86400, ge=0, le=366 * 86400)
     max_clock_skew: Int = Field(default=DEFAULT_MAX_CLOCK_SKEW, ge=0, le=86400)
-
-    @field_validator("secret")
-    @classmethod
-    def _secret_is_usable(cls, value: Secret) -> Secret:
-        fernet_key(value.reveal())
-        return value
-
-    @field_validator("previous_secrets")
-    @classmethod
-    def _previous_are_usable(cls, values: tuple[Secret, ...]) -> tuple[Secret, ...]:
-        for i, value in enumerate(values):
-            try:
-                fernet_key(value.reveal())
-            except ValueError as exc:
-                raise ValueError(f"[{i}] {exc}") from None
-        return values
 
     @property
     def all_secrets(self) -> list[str]:

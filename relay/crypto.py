@@ -36,8 +36,8 @@ def fernet_key(secret: str) -> bytes:
     if len(secret) == 44:
         return _fernet_key_from_b64(secret)
     raise ValueError(
-        f"is {len(raw)} bytes long; expected the 32-character secret from Dataslayer's "
-        "Developers page, or a 44-character base64 Fernet key"
+        f"is {len(raw)} byte{'s' * (len(raw) != 1)} long; expected the 32-character secret from "
+        "Dataslayer's Developers page, or a 44-character base64 Fernet key"
     )
 
 

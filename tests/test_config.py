@@ -121,6 +121,15 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert any(p.startswith("routes[0].sinks:") for p in problems)
 
 
+def test_each_bad_previous_secret_is_named_by_its_place(tmp_path):
+    """previous_secrets problems name the item: dataslayer.previous_secrets[1]."""
+    problems = _problems(tmp_path, f'previous_secrets = ["{"b" * 32}", "x"]\n')
+    assert problems == [
+        "dataslayer.previous_secrets[1]: is 1 byte long; expected the 32-character secret from "
+        "Dataslayer's Developers page, or a 44-character base64 Fernet key"
+    ]
+
+
 def test_bad_secret_is_an_error_that_does_not_print_it(tmp_path):
     """A secret of the wrong length is refused at load, and the message omits it."""
     problems = _problems(tmp_path, "", secret="too-short-secret")
