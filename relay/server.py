@@ -220,6 +220,7 @@ async def serve(
         await app[WORKER].stop(config.server.shutdown_timeout)
     finally:
         await runner.cleanup()
+    log.info("stopped; what was not delivered stays pending for the next start")
 
 
 async def _wait_for_signal(app: web.Application) -> None:

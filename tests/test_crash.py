@@ -120,7 +120,8 @@ async def start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout):
 
 
 async def test_sigterm_lets_a_send_in_flight_finish(tmp_path):
-    """SIGTERM while a send is under way: the relay waits for it, records it, and exits 0."""
+    """SIGTERM while a send is under way: the relay waits for it, records it, says it stopped,
+    and exits 0."""
     async with FakeReceiver([SIGNING], replies=[Reply(200, delay=1.0)]) as receiver:
         relay = await start_with_a_send_in_flight(tmp_path, receiver, shutdown_timeout=5)
         try:
@@ -129,6 +130,11 @@ async def test_sigterm_lets_a_send_in_flight_finish(tmp_path):
         finally:
             await relay.stop()
     assert _statuses(tmp_path) == ["delivered"]
+    assert (
+        relay.log.read_text()
+        .rstrip()
+        .endswith("stopped; what was not delivered stays pending for the next start")
+    )
 
 
 async def test_sigterm_past_the_deadline_leaves_the_send_pending_then_delivers(tmp_path):
