@@ -1,12 +1,15 @@
-"""The shipped deployment files agree with the relay: the container config is valid and used."""
+"""The shipped deployment files agree with the relay, and the relay fits the host it runs on."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import pytest
+
 from relay.checks import template_problems
 from relay.config import load_config
+from relay.server import names_a_proxy
 from tests.helpers import SECRET
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +52,20 @@ def test_the_systemd_unit_reloads_with_sighup_and_may_write_only_its_state():
     for line in ("ProtectSystem=strict", "NoNewPrivileges=yes", "Restart=on-failure"):
         assert line in UNIT.splitlines()
     assert "ReadWritePaths=/var/lib/dataslayer-relay" in UNIT
+
+
+@pytest.mark.parametrize(
+    ("proxies", "expected"),
+    [
+        ({}, False),
+        ({"no": "127.0.0.1,localhost"}, False),  # NO_PROXY alone: nothing to go through
+        ({"http": "http://proxy.internal:3128"}, True),
+        ({"https": "http://proxy.internal:3128", "no": "localhost"}, True),
+        ({"all": "socks5://proxy.internal:1080"}, True),
+        ({"http": ""}, False),
+    ],
+)
+def test_the_http_client_trusts_the_environment_only_when_it_names_a_proxy(proxies, expected):
+    """Outgoing sends look proxies up per request only when HTTP(S)_PROXY or ALL_PROXY names
+    one; NO_PROXY alone (set by many hosts) must not slow every send."""
+    assert names_a_proxy(proxies) is expected
