@@ -337,7 +337,8 @@ class Worker:
         except TemplateError as exc:
             raise PermanentError(str(exc), reason="template") from exc
         message = Message(due.event, sink.name, parts, due.id, due.attempts + 1)
-        await asyncio.wait_for(sink.send(message), timeout=sink.timeout + 5)
+        async with asyncio.timeout(sink.timeout + 5):  # no extra task per send, as wait_for makes
+            await sink.send(message)
 
     async def _failed(self, due: Due, error: DeliveryError, duration: float) -> None:
         attempt = due.attempts + 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -22,6 +24,7 @@ from relay.worker import Worker
 from tests.helpers import SECRET, write_config
 
 DAY = 86400
+PERMANENT = "permanent failure after 1 attempt"
 
 
 @pytest.fixture
@@ -32,13 +35,14 @@ async def receiver():
 
 @pytest.fixture
 async def relay(tmp_path, receiver, aiohttp_client):
-    """A relay whose events were received three days ago: one dead, one delivered, one retrying."""
+    """Events received three days ago: one dead, one delivered, one retrying, one never tried."""
     client = await start_relay(tmp_path, receiver, aiohttp_client, age=3 * DAY)
     receiver.reply(Reply(400, "no such customer"), Reply(200), Reply(503))
     client.ids = []
     for email in ("dead@example.com", "ok@example.com", "later@example.com"):
         client.ids.append(await post(client, email))
         await client.app[WORKER].drain()
+    client.ids.append(await post(client, "waiting@example.com"))  # pending: the worker never ran
     return client
 
 
@@ -99,7 +103,7 @@ async def test_list_shows_every_delivery_and_filters(relay, capsys):
     """list shows each delivery's status; --status, --sink and --since narrow it."""
     code, out, _ = run(capsys, relay, "list")
     assert code == 0
-    for status in ("dead", "delivered", "retrying"):
+    for status in ("dead", "delivered", "retrying", "pending"):
         assert status in out
     _, out, _ = run(capsys, relay, "list", "--status", "dead")
     assert relay.ids[0][:12] in out
@@ -108,8 +112,25 @@ async def test_list_shows_every_delivery_and_filters(relay, capsys):
     assert out.strip() == "no deliveries match"
     _, out, _ = run(capsys, relay, "list", "--sink", "crm", "--json")
     rows = [json.loads(line) for line in out.splitlines()]
-    assert sorted(r["status"] for r in rows) == ["dead", "delivered", "retrying"]
+    assert sorted(r["status"] for r in rows) == ["dead", "delivered", "pending", "retrying"]
     assert "later@example.com" not in out
+
+
+async def test_list_of_pending_shows_the_delivery_never_attempted(relay, capsys):
+    """list --status pending shows only the delivery never attempted: no tries, due now."""
+    code, out, _ = run(capsys, relay, "list", "--status", "pending")
+    assert code == 0
+    header, line = out.strip().splitlines()
+    assert header.split()[:5] == ["ID", "EVENT", "SINK", "STATUS", "TRIES"]
+    _, event, sink, status, tries, _, _, due = line.split()
+    assert (event, sink, status, tries, due) == (relay.ids[3][:12], "crm", "pending", "0", "now")
+    _, out, _ = run(capsys, relay, "list", "--status", "pending", "--json")
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert (row["event"], row["status"], row["attempts"]) == (relay.ids[3], "pending", 0)
+    assert (row["last_reason"], row["last_status"], row["last_error"]) == (None, None, None)
+    _, out, _ = run(capsys, relay, "show", relay.ids[3])
+    delivery_line = out.strip().splitlines()[-1]
+    assert delivery_line.endswith("-> crm: pending, 0 attempt(s), next now")
 
 
 async def test_show_masks_personal_data_unless_asked(relay, capsys):
@@ -127,6 +148,26 @@ async def test_show_masks_personal_data_unless_asked(relay, capsys):
     assert detail["deliveries"][0]["history"][0]["status_code"] == 400
 
 
+async def test_show_gives_each_attempt_its_time_outcome_reason_code_and_duration(relay, capsys):
+    """show prints each attempt's UTC time, outcome, reason, status code, duration and error."""
+    when = datetime.fromtimestamp(relay.clock.now(), UTC).strftime("%Y-%m-%d %H:%M")
+    attempt = re.compile(r"^  (\S+ \S+)  (\S+) +(\S+) (\d+) \((\d+) ms\): (.*)$", re.MULTILINE)
+    for ref, outcome, reason, code, error in [
+        (relay.ids[0], "dead", "client", 400, f"HTTP 400: no such customer ({PERMANENT})"),
+        (relay.ids[2], "retry", "server", 503, "HTTP 503"),
+    ]:
+        _, out, _ = run(capsys, relay, "show", ref)
+        [shown] = attempt.findall(out)
+        _, detail, _ = run(capsys, relay, "show", ref, "--json")
+        [history] = json.loads(detail)["deliveries"][0]["history"]
+        assert history["at"] == relay.clock.now()
+        assert (history["outcome"], history["reason"]) == (outcome, reason)
+        assert (history["status_code"], history["error"]) == (code, error)
+        assert history["duration"] > 0
+        took = f"{history['duration'] * 1000:.0f}"
+        assert shown == (when, outcome, reason, str(code), took, error)
+
+
 async def test_unknown_ids_are_clear_errors(relay, capsys):
     """A missing or malformed id is one line on stderr and exit 1, no traceback."""
     code, _, err = run(capsys, relay, "show", "ffffffffff")
@@ -140,17 +181,24 @@ async def test_retrying_dead_deliveries_delivers_them(relay, receiver, capsys):
     """retry --dead requeues the dead delivery, and the worker then delivers it."""
     code, out, _ = run(capsys, relay, "retry", "--dead")
     assert (code, out.strip()) == (0, "requeued 1 delivery")
+    before = len(receiver.requests)
     await relay.app[WORKER].drain()
-    assert json.loads(receiver.requests[-1].body)["data"]["email"] == "dead@example.com"
+    assert sent_to(receiver, since=before) == {"dead@example.com", "waiting@example.com"}
     counts = await relay.app[OUTBOX].counts()
-    assert (counts["dead"], counts["delivered"]) == (0, 2)
+    assert (counts["dead"], counts["delivered"], counts["retrying"]) == (0, 3, 1)
+
+
+def sent_to(receiver, since):
+    """The event emails of the requests the receiver got from index ``since`` on."""
+    return {json.loads(r.body)["data"]["email"] for r in receiver.requests[since:]}
 
 
 async def test_retry_by_event_id_makes_a_retrying_delivery_due_now(relay, receiver, capsys):
     """retry EVENT_ID sends a delivery that was waiting for its backoff right away."""
     run(capsys, relay, "retry", relay.ids[2])
-    await relay.app[WORKER].drain()
-    assert json.loads(receiver.requests[-1].body)["data"]["email"] == "later@example.com"
+    before = len(receiver.requests)
+    await relay.app[WORKER].drain()  # the fixture's never-attempted delivery goes too
+    assert sent_to(receiver, since=before) == {"later@example.com", "waiting@example.com"}
 
 
 async def test_purge_deletes_old_events_but_never_pending_ones(relay, capsys):
@@ -158,7 +206,7 @@ async def test_purge_deletes_old_events_but_never_pending_ones(relay, capsys):
     code, out, _ = run(capsys, relay, "purge", "--older-than", "2d")
     assert (code, out.strip()) == (0, "purged 2 events")
     assert await relay.app[OUTBOX].counts() == {
-        "pending": 0, "retrying": 1, "delivered": 0, "dead": 0,
+        "pending": 1, "retrying": 1, "delivered": 0, "dead": 0,
     }  # fmt: skip
 
 
@@ -167,13 +215,17 @@ async def test_retention_deletes_delivered_events_and_keeps_dead_ones(relay):
     relay.clock.advance(2 * DAY + 1)
     assert await relay.app[WORKER].cleanup() == 1
     counts = await relay.app[OUTBOX].counts()
-    assert (counts["delivered"], counts["dead"], counts["retrying"]) == (0, 1, 1)
+    assert (counts["delivered"], counts["dead"], counts["retrying"], counts["pending"]) == (
+        0, 1, 1, 1,
+    )  # fmt: skip
 
 
 async def test_purge_forgets_events_older_than_the_dedup_window(relay, capsys):
     """Events purged after their dedup window ended leave no row behind."""
     run(capsys, relay, "purge", "--older-than", "2d")
-    assert rows(relay.db, "SELECT id FROM events") == [(relay.ids[2],)]
+    assert sorted(rows(relay.db, "SELECT id FROM events")) == sorted(
+        [(relay.ids[2],), (relay.ids[3],)]
+    )
 
 
 async def test_a_purged_event_is_still_refused_as_a_replay_inside_the_dedup_window(
@@ -253,7 +305,7 @@ async def test_purge_of_a_sink_deletes_its_deliveries_even_pending_ones(relay, c
     conn.commit()
     conn.close()
     code, out, _ = run(capsys, relay, "purge", "--sink", "crm", "--older-than", "2d")
-    assert (code, out.strip()) == (0, "purged 3 deliveries to crm and 2 events")
+    assert (code, out.strip()) == (0, "purged 4 deliveries to crm and 3 events")
     assert rows(relay.db, "SELECT event_id, sink FROM deliveries") == [(relay.ids[1], "archive")]
     assert rows(relay.db, "SELECT id FROM events") == [(relay.ids[1],)]
 
@@ -262,7 +314,7 @@ async def test_purge_of_a_sink_keeps_newer_deliveries(relay, capsys):
     """purge --sink leaves deliveries of events younger than --older-than alone."""
     code, out, _ = run(capsys, relay, "purge", "--sink", "crm", "--older-than", "4d")
     assert (code, out.strip()) == (0, "purged 0 deliveries to crm and 0 events")
-    assert rows(relay.db, "SELECT COUNT(*) FROM deliveries") == [(3,)]
+    assert rows(relay.db, "SELECT COUNT(*) FROM deliveries") == [(4,)]
 
 
 async def test_retrying_for_a_sink_no_longer_configured_warns_but_requeues(relay, tmp_path, capsys):
@@ -315,6 +367,7 @@ async def test_an_unreadable_config_is_a_clear_error(tmp_path, capsys):
 
 async def test_show_masks_every_email_in_the_event_and_the_errors(relay, receiver, capsys):
     """Without --show-personal-data every address is masked: in any field and in every error."""
+    await relay.app[WORKER].drain()  # the fixture's pending delivery, so the 400 is this one's
     receiver.reply(Reply(400, "unknown owner boss@example.com"))
     event_id = await post(
         relay, "ana@example.com", owner={"contact": "boss@example.com"}, cc=["cc eve@example.com"]
@@ -370,6 +423,7 @@ def test_durations_read_like_people_write_them(text, seconds):
 
 async def test_list_masks_addresses_quoted_in_errors(relay, receiver, capsys):
     """A receiver's error that quotes the client's email shows it masked in outbox list."""
+    await relay.app[WORKER].drain()  # the fixture's pending delivery, so the 400 is this one's
     receiver.reply(Reply(400, "unknown customer quoted@example.com"))
     await post(relay, "quoted@example.com")
     await relay.app[WORKER].drain()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import json
 import os
 import socket
 import sqlite3
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import __version__
 from relay.cli import main
 from tests.helpers import write_config
 
@@ -299,3 +302,126 @@ def test_send_test_passes_the_configured_credentials(tmp_path):
         result = run_relay("send-test", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert '"status": "accepted"' in result.stdout
+
+
+def test_serve_exits_2_naming_a_broken_template_and_its_line(tmp_path):
+    """serve refuses to start on a user template that does not render, naming it and the line."""
+    folder = tmp_path / "templates" / "shared_connection"
+    folder.mkdir(parents=True)
+    (folder / "console.text.j2").write_text("Hello\n{{ nobody }}\n")
+    body = f'[server]\nport = {free_port()}\n[sinks.out]\ntype = "console"\n'
+    config = write_config(tmp_path, body)
+    result = run_relay("serve", "-c", str(config), timeout=20)
+    assert result.returncode == 2
+    assert "template problems:" in result.stderr
+    assert "shared_connection/console.text.j2, line 2" in result.stderr
+    assert "nobody" in result.stderr
+    assert "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version_prints_the_installed_version():
+    """relay --version prints "relay <version>" and exits 0."""
+    result = run_relay("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"relay {__version__}\n"
+    assert __version__ == importlib.metadata.version("dataslayer-relay")
+
+
+def email_and_webhook_config(tmp_path):
+    """A config routing every event to one email sink and one webhook sink."""
+    body = """
+    [sinks.mail]
+    type = "email"
+    host = "smtp.example.com"
+    port = 587
+    security = "starttls"
+    from = "Relay <relay@example.com>"
+    to = "ops@example.com"
+    [sinks.crm]
+    type = "webhook"
+    url = "https://crm.example.com/hook"
+    [[routes]]
+    sinks = ["mail", "crm"]
+    """
+    return str(write_config(tmp_path, body))
+
+
+def test_check_warns_about_ports_that_do_not_match_the_email_security(tmp_path, capsys):
+    """Port 465 with starttls and 587 with tls each get a warning; warnings do not fail check."""
+    body = """
+    [sinks.implicit]
+    type = "email"
+    host = "smtp.example.com"
+    port = 465
+    security = "starttls"
+    from = "relay@example.com"
+    to = "ops@example.com"
+    [sinks.submission]
+    type = "email"
+    host = "smtp.example.com"
+    port = 587
+    security = "tls"
+    from = "relay@example.com"
+    to = "ops@example.com"
+    [[routes]]
+    sinks = ["implicit", "submission"]
+    """
+    assert main(["check", "-c", str(write_config(tmp_path, body))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warnings = [line for line in lines if line.startswith("warning: sinks.")]
+    assert warnings == [
+        'warning: sinks.implicit: port 465 is usually implicit TLS: set security = "tls"',
+        'warning: sinks.submission: port 587 usually expects STARTTLS: set security = "starttls"',
+    ]
+    assert lines[-1].startswith("ok: ")
+    assert lines[-1].endswith("(2 sinks, 1 route)")
+
+
+def test_check_renders_email_and_webhook_templates(tmp_path, capsys):
+    """check passes a config with an email and a webhook sink, with no warning about either."""
+    assert main(["check", "-c", email_and_webhook_config(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sinks." not in out
+    assert out.splitlines()[-1].endswith("(2 sinks, 1 route)")
+
+
+def test_check_names_a_broken_email_or_webhook_template(tmp_path, capsys):
+    """A user email html or webhook body template that fails is reported for its sink."""
+    folder = tmp_path / "templates" / "shared_connection"
+    folder.mkdir(parents=True)
+    (folder / "email.html.j2").write_text("<p>{{ nobody }}</p>\n")
+    (folder / "webhook.body.j2").write_text('{"a": 1,\n"b": {{ missing }}}\n')
+    assert main(["check", "-c", email_and_webhook_config(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "sinks.mail:" in out
+    assert "shared_connection/email.html.j2, line 1" in out
+    assert "sinks.crm:" in out
+    assert "shared_connection/webhook.body.j2, line 2" in out
+
+
+def test_preview_shows_the_email_parts_and_the_webhook_json(tmp_path, capsys):
+    """preview prints the email's subject, text and html, and the webhook's JSON body."""
+    assert main(["preview", "-c", email_and_webhook_config(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    mail, crm = out.split("=== crm (webhook) ===\n")
+    assert mail.startswith("=== mail (email) ===\n--- subject ---\n")
+    subject, rest = mail.removeprefix("=== mail (email) ===\n--- subject ---\n").split(
+        "\n--- text ---\n"
+    )
+    text, html = rest.split("\n--- html ---\n")
+    assert subject == "New data source connected: Google Ads by ana.lopez@example.com"
+    assert "Client:       ana.lopez@example.com" in text
+    assert "Data source:  Google Ads (google_ads)" in text
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.rstrip().endswith("</html>")
+    assert '<td valign="top" style="padding:6px 0;">ana.lopez@example.com</td>' in html
+    assert crm.startswith("--- body ---\n")
+    body = json.loads(crm.removeprefix("--- body ---\n"))
+    assert body["type"] == "shared_connection"
+    assert body["data"] == {
+        "type": "shared_connection",
+        "datasource": "google_ads",
+        "email": "ana.lopez@example.com",
+        "created": 1733240000,
+    }

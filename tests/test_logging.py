@@ -112,6 +112,33 @@ async def test_lines_not_about_an_event_have_no_event_id(tmp_path, aiohttp_clien
     assert all("event_id" not in line for line in refused)
 
 
+@pytest.mark.parametrize(
+    ("token", "days_later", "reason"),
+    [
+        (BY_NAME["basic"]["token"], 2, "token is 2 days old; max_token_age is 1 day"),
+        (
+            encrypt("another-secret-of-32-characters!", b'{"type": "x"}', now=VECTOR_NOW),
+            0,
+            "token was not made with any configured secret (or was altered)",
+        ),
+        ("not-a-token", 0, "not a Fernet token"),
+    ],
+    ids=["expired", "wrong-secret", "not-fernet"],
+)
+async def test_a_refused_token_is_logged_with_the_reason(
+    tmp_path, aiohttp_client, slack, json_log, token, days_later, reason
+):
+    """The warning for a refused token names the client and says why it was refused."""
+    clock = FakeClock(VECTOR_NOW + days_later * 86400)
+    client = await relay_with_slack(tmp_path, aiohttp_client, slack, clock)
+    response = await client.post(PATH, json={"encrypted_data": token})
+    assert response.status == 401
+    refused = [line for line in json_log() if line["message"].startswith("refused")]
+    assert [(line["level"], line["message"]) for line in refused] == [
+        ("WARNING", f"refused a request from 127.0.0.1: {reason}")
+    ]
+
+
 def test_an_exception_stays_on_one_json_line():
     """A logged traceback goes into the line's "exception" field, not onto lines of its own."""
     try:

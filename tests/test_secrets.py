@@ -119,7 +119,8 @@ async def test_no_secret_appears_anywhere_through_success_and_failure(
         )
         answers.append(await response.text())
 
-    slack.script(FakeSlack.server_error(500), FakeSlack.error("invalid_auth", status=200))
+    # 403 to an incoming webhook, 200 {"ok": false} to the bot: a refusal whichever gets it.
+    slack.script(FakeSlack.server_error(500), FakeSlack.error("invalid_auth", status=403))
     hook.reply(
         Reply(500, f"upstream said {CRM_TOKEN}"), Reply(401, f"bad token Bearer {CRM_TOKEN}")
     )
@@ -149,6 +150,16 @@ async def test_no_secret_appears_anywhere_through_success_and_failure(
         "repr": repr(config),
         "outbox": _dump_outbox(client.app[OUTBOX]),
     }
+    logged = outputs["logs"]
+    for expected in (
+        "relay.worker delivered event",
+        "relay.worker event",  # a retry warning or a dead error
+        "relay.server refused a request from 127.0.0.1: token was not made with",
+        "relay.server refused a request from 127.0.0.1: missing or wrong credentials",
+    ):
+        assert expected in logged  # the log lines searched below were really captured
+    assert " is dead: auth: SMTP 535" in logged
+    assert "invalid_auth" in logged
     failures = outputs["outbox"]
     for expected in ("SMTP 535", "invalid_auth", "HTTP 500", "HTTP 401"):
         assert expected in failures  # the failure paths really ran

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from relay.clock import FakeClock
 from relay.config import load_config
 from relay.crypto import encrypt
 from relay.server import OUTBOX, WORKER, create_app
-from relay.testing.slack import FakeSlack
+from relay.testing.slack import Answer, FakeSlack
 from tests.helpers import BY_NAME, SECRET, VECTOR_NOW, write_config
 
 PATH = "/webhooks/dataslayer"
@@ -155,6 +156,31 @@ async def test_chunked_bodies_over_the_limit_get_413(relay):
     assert response.status == 413
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_limit_above_aiohttps_default_is_the_one_enforced(
+    tmp_path, slack, clock, aiohttp_client, chunked
+):
+    """With max_body_bytes = 2 MiB a 1.5 MiB body is read (401) and a 2.2 MiB one gets 413."""
+    config = slack_config(tmp_path, slack, "[server]\nmax_body_bytes = 2097152\n")
+    client = await aiohttp_client(create_app(config, clock=clock, run_worker=False))
+
+    async def post_body(size):
+        body = b'{"encrypted_data": "' + b"a" * (size - 22) + b'"}'
+        assert len(body) == size
+
+        async def chunks():
+            for start in range(0, size, 65536):
+                yield body[start : start + 65536]
+
+        data = chunks() if chunked else io.BytesIO(body)  # BytesIO: sent with Content-Length
+        response = await client.post(PATH, data=data, headers={"Content-Type": "application/json"})
+        return response.status, await response.json()
+
+    status, answer = await post_body(1536 * 1024)  # read whole: the token is refused
+    assert (status, answer["error"]) == (401, "invalid_token")
+    assert await post_body(2253 * 1024) == (413, {"error": "too_large"})
+
+
 async def test_other_paths_and_methods_answer_json(relay):
     """Unknown paths and wrong methods get JSON errors, not HTML."""
     response = await relay.get("/nope")
@@ -197,12 +223,22 @@ async def test_slack_429_is_retried_after_retry_after_exactly_once(relay, slack,
 
 
 @pytest.mark.parametrize(
-    "answer",
-    [FakeSlack.error("invalid_blocks", status=400), FakeSlack.error("invalid_auth", status=200)],
-    ids=["400-invalid_blocks", "ok-false-invalid_auth"],
+    ("answer", "reason", "error"),
+    [
+        (FakeSlack.error("invalid_blocks", status=400), "client", "400 invalid_blocks"),
+        (FakeSlack.error("no_service", status=404), "auth", "404 no_service"),
+        (
+            Answer(error="invalid_auth", webhook_body='{"ok": false, "error": "invalid_auth"}'),
+            "auth",
+            "200 invalid_auth",
+        ),
+    ],
+    ids=["400-invalid_blocks", "404-no_service", "ok-false-invalid_auth"],
 )
-async def test_permanent_slack_errors_are_dead_after_one_attempt(relay, slack, clock, answer):
-    """invalid_blocks and invalid_auth end as dead after a single attempt."""
+async def test_permanent_slack_errors_are_dead_after_one_attempt(
+    relay, slack, clock, answer, reason, error
+):
+    """Slack's invalid_blocks, no_service, invalid_auth: dead after one try, the error kept."""
     slack.script(answer)
     await post_token(relay, BY_NAME["basic"]["token"])
     await relay.app[WORKER].drain()
@@ -215,6 +251,57 @@ async def test_permanent_slack_errors_are_dead_after_one_attempt(relay, slack, c
         "delivered": 0,
         "dead": 1,
     }
+    assert dead_delivery(relay) == (
+        "dead",
+        1,
+        reason,
+        f"Slack answered {error} (permanent failure after 1 attempt)",
+    )
+
+
+def dead_delivery(client):
+    """(status, attempts, last_reason, last_error) of the relay's only delivery."""
+    return (
+        client.app[OUTBOX]
+        ._conn.execute("SELECT status, attempts, last_reason, last_error FROM deliveries")
+        .fetchone()
+    )
+
+
+@pytest.mark.parametrize("scripted", [False, True], ids=["wrong-token", "scripted-answer"])
+async def test_a_bot_token_slack_refuses_with_ok_false_is_dead_naming_the_error(
+    tmp_path, slack, clock, aiohttp_client, scripted
+):
+    """Bot-token mode: a 200 {"ok": false, "error": "invalid_auth"} is dead after one attempt."""
+    body = f"""
+    [delivery]
+    max_attempts = 3
+    [sinks.bot]
+    type = "slack"
+    token = "{"xoxb-test" if scripted else "xoxb-revoked"}"
+    channel = "#access"
+    api_url = "{slack.api_url}"
+    [[routes]]
+    sinks = ["bot"]
+    """
+    config = load_config(write_config(tmp_path, body), environ={})
+    client = await aiohttp_client(create_app(config, clock=clock, run_worker=False))
+    if scripted:
+        slack.script(FakeSlack.error("invalid_auth"))
+    status, _ = await post_token(client, BY_NAME["basic"]["token"])
+    assert status == 200
+    await client.app[WORKER].drain()
+    clock.advance(10_000)
+    await client.app[WORKER].drain()
+    [request] = slack.requests
+    assert request.path == "/api/chat.postMessage"
+    assert slack.messages == []
+    assert dead_delivery(client) == (
+        "dead",
+        1,
+        "auth",
+        "Slack answered 200 invalid_auth (permanent failure after 1 attempt)",
+    )
 
 
 async def test_retryable_failures_end_dead_after_max_attempts(relay, slack, clock):

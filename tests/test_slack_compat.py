@@ -18,7 +18,9 @@ ANSWERS = {
     "/plain-ok": lambda: web.Response(text="ok"),
     "/json-ok": lambda: web.json_response({"ok": True}),
     "/empty-204": lambda: web.Response(status=204),
+    "/json-success": lambda: web.json_response({"success": True}),
     "/json-refusal": lambda: web.json_response({"ok": False, "error": "invalid_blocks"}),
+    "/text-refusal": lambda: web.Response(text="invalid_token"),
     "/api/chat.postMessage": lambda: web.Response(text="ok"),
 }
 
@@ -51,20 +53,27 @@ def webhook(url: str, http: aiohttp.ClientSession) -> SlackSink:
     return SlackSink("chat", config, SinkContext(http=http, timeout=2))
 
 
-@pytest.mark.parametrize("path", ["/plain-ok", "/json-ok", "/empty-204"])
-async def test_any_2xx_from_an_incoming_webhook_is_a_success(compatible, path):
-    """A 2xx answer that is not Slack's text "ok" still means the message was posted."""
+@pytest.mark.parametrize("path", ["/plain-ok", "/json-ok", "/json-success", "/empty-204"])
+async def test_a_2xx_that_says_ok_in_any_form_is_a_success(compatible, path):
+    """A 2xx answer of "ok", nothing, or a JSON object that does not refuse means posted."""
     async with aiohttp.ClientSession() as http:
         await webhook(compatible + path, http).send(message())
 
 
-async def test_a_json_refusal_with_200_is_a_permanent_error_with_its_code(compatible):
-    """A 200 that says {"ok": false, "error": CODE} is a failure named by CODE."""
+@pytest.mark.parametrize(
+    ("path", "code", "reason"),
+    [("/json-refusal", "invalid_blocks", "client"), ("/text-refusal", "invalid_token", "auth")],
+)
+async def test_a_refusal_with_200_is_a_permanent_error_named_by_its_code(
+    compatible, path, code, reason
+):
+    """A 200 whose body is {"ok": false, "error": CODE} or Slack's text CODE is a refusal: the
+    body is checked as well as the status."""
     async with aiohttp.ClientSession() as http:
         with pytest.raises(PermanentError) as caught:
-            await webhook(compatible + "/json-refusal", http).send(message())
-    assert "invalid_blocks" in str(caught.value)
-    assert caught.value.reason == "client"
+            await webhook(compatible + path, http).send(message())
+    assert code in str(caught.value)
+    assert caught.value.reason == reason
 
 
 async def test_a_web_api_that_answers_plain_text_is_a_clear_permanent_error(compatible):

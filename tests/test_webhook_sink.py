@@ -218,6 +218,20 @@ async def test_connection_refused_is_retryable(http: aiohttp.ClientSession) -> N
     assert caught.value.reason == "connection"
 
 
+async def test_a_host_that_does_not_resolve_is_a_retryable_connection_failure(
+    http: aiohttp.ClientSession,
+) -> None:
+    """A URL whose host name does not resolve (.invalid) gives a retryable "connection" failure."""
+    sink = make_sink("https://crm.invalid/hooks/dataslayer?token=dns-secret-77", http)
+    with pytest.raises(RetryableError) as caught:
+        await sink.send(make_message())
+    assert caught.value.reason == "connection"
+    assert caught.value.status is None
+    assert str(caught.value).startswith("connection failed: ")
+    assert "crm.invalid" in str(caught.value)
+    assert "dns-secret-77" not in str(caught.value)
+
+
 async def test_errors_never_contain_header_values_or_url_tokens(
     http: aiohttp.ClientSession,
 ) -> None:

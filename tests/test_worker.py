@@ -17,9 +17,11 @@ from relay.secret import Secret
 from relay.sinks import SinkContext
 from relay.sinks.console import ConsoleConfig, ConsoleSink
 from relay.sinks.slack import SlackConfig, SlackSink
+from relay.sinks.webhook import WebhookConfig, WebhookSink
 from relay.testing.slack import FakeSlack
 from relay.worker import Worker
 from tests.helpers import eventually
+from tests.helpers_process import free_port
 
 NOW = 1_800_000_000.0
 
@@ -37,8 +39,46 @@ def test_backoff_doubles_with_jitter_and_is_capped():
     """Delays grow from initial_backoff by doubling, times 0.5-1.0, never over max_backoff."""
     worker = _worker(None, {}, FakeClock(), initial_backoff=5, max_backoff=60)
     for attempt, base in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 60), (9, 60)]:
-        delay = worker.retry_delay(attempt, None)
-        assert base * 0.5 <= delay <= base
+        delays = [worker.retry_delay(attempt, None) for _ in range(200)]
+        assert all(base * 0.5 <= delay <= base for delay in delays), (attempt, delays)
+        # Jitter really spreads the delays over the range, rather than one fixed factor.
+        assert min(delays) < base * 0.6
+        assert max(delays) > base * 0.9
+
+
+def test_backoff_jitter_differs_between_random_generators():
+    """Workers with differently seeded generators wait different times for the same attempt."""
+    delays = set()
+    for seed in range(5):
+        worker = Worker(
+            None, {}, Renderer(None), DeliveryConfig(initial_backoff=10), FakeClock(),
+            rng=random.Random(seed),
+        )  # fmt: skip
+        delay = worker.retry_delay(1, None)
+        assert 5 <= delay <= 10
+        delays.add(delay)
+    assert len(delays) == 5
+
+
+async def test_deliveries_failing_together_are_rescheduled_apart(tmp_path):
+    """Deliveries refused in the same instant get jittered, different next attempts in range."""
+    clock = FakeClock(NOW)
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: connection refused
+        config = WebhookConfig(type="webhook", url=url)
+        sink = WebhookSink("crm", config, SinkContext(http=http, timeout=5))
+        worker = _worker(outbox, {"crm": sink}, clock, initial_backoff=10)
+        for n in range(4):
+            event = event_from_dict({"type": "shared_connection", "n": n}, received_at=NOW)
+            await outbox.accept(event, ["crm"], dedup_window=60)
+        await worker.drain()
+    rows = outbox._conn.execute("SELECT status, next_attempt_at FROM deliveries").fetchall()
+    await outbox.close()
+    assert [status for status, _ in rows] == ["retrying"] * 4
+    waits = [next_at - NOW for _, next_at in rows]
+    assert all(5 <= wait <= 10 for wait in waits), waits
+    assert len(set(waits)) == 4
 
 
 def test_retry_after_is_honoured_as_asked():

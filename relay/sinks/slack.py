@@ -253,26 +253,31 @@ def classify_answer(status: int, error: str, retry_after: float | None = None) -
 def webhook_error(status: int, body: str, headers: Mapping[str, str]) -> DeliveryError | None:
     """None when an incoming webhook accepted the message, else the error.
 
-    Slack answers 200 ``ok``; Slack-compatible services (Mattermost, Rocket.Chat, proxies) may
-    answer any 2xx with another body, which is a success too unless it is ``{"ok": false}``.
-    Counting it as a failure would post the message again on a retry.
+    Slack answers 200 ``ok``, and its errors as text (``invalid_payload``), whatever the status.
+    Slack-compatible services (Mattermost, Rocket.Chat, proxies) may answer a 2xx with an empty
+    body or a JSON object (``{"ok": true}``, ``{"success": true}``): a success too, unless the
+    object says ``"ok": false`` or ``"success": false``. Counting such a success as a failure
+    would post the message again on a retry.
     """
-    refused = _json_refusal(body)
-    if 200 <= status < 300 and refused is None:
+    code = _refusal(body)
+    if 200 <= status < 300 and code is None:
         return None
     retry_after = parse_retry_after(headers.get("Retry-After"))
-    return classify_answer(status, refused or _error_code(body), retry_after)
+    return classify_answer(status, code or _error_code(body), retry_after)
 
 
-def _json_refusal(body: str) -> str | None:
-    """Slack's error code when ``body`` is a JSON ``{"ok": false, ...}``, else None."""
-    if not body.lstrip().startswith("{"):
+def _refusal(body: str) -> str | None:
+    """None when a 2xx ``body`` means posted; else the error code it gives ("" for none)."""
+    text = body.strip()
+    if text in ("", "ok"):
         return None
     try:
-        data = json.loads(body)
+        data = json.loads(text) if text.startswith("{") else None
     except ValueError:
-        return None
-    if isinstance(data, dict) and data.get("ok") is False:
+        data = None
+    if not isinstance(data, dict):
+        return _error_code(text)  # Slack's own text answers: "invalid_auth", "no_service"
+    if data.get("ok") is False or data.get("success") is False:
         return truncate(str(data.get("error") or ""), 100)
     return None
 
