@@ -10,7 +10,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import importlib.metadata
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ import yarl
 from multidict import CIMultiDict
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from relay import __version__
 from relay.config_types import Int
 from relay.errors import DeliveryError
 from relay.failures import classify_exception, classify_status, parse_retry_after
@@ -49,15 +49,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # an HTTP header name (RF
 _SAFE_ID = re.compile(r"[A-Za-z0-9._~-]+\Z")
 
 
-def _user_agent() -> str:
-    try:
-        version = importlib.metadata.version("dataslayer-relay")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0"
-    return f"dataslayer-relay/{version}"
-
-
-USER_AGENT = _user_agent()
+USER_AGENT = f"dataslayer-relay/{__version__}"
 
 
 class WebhookConfig(SinkConfig):
