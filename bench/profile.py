@@ -224,6 +224,9 @@ async def profile_phase(bench: Bench, binary: str, phase: str, events: int, keep
 async def _ingest(
     bench: Bench, binary: str, relay: Child, receiver: ReceiverControl, events: int, out: Path
 ) -> str:
+    # As in the ingest scenario's ratio rounds: the receiver is down, so the sink's breaker keeps
+    # the worker nearly idle and the samples are about the ingest path.
+    await receiver.set_up(False)
     spy = start_sampling(binary, relay.pid, out)
     result = await bench.load(relay_url(relay), events, bench.sizes.ingest_concurrency)
     stop_sampling(spy)
