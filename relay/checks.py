@@ -39,13 +39,14 @@ def template_problems(config: Config, renderer: Renderer | None = None) -> list[
     problems = [str(p) for p in renderer.compile_all(escape_kinds(config))]
     types = event_types(config)
     for name, sink in config.sinks.items():
-        parts = SINK_TYPES[sink.type].parts
+        sink_class = SINK_TYPES[sink.type]
         for p in renderer.check_sink(
             sink_name=name,
             sink_type=sink.type,
-            parts=parts,
+            parts=sink_class.parts,
             template=sink.template,
             event_types=types,
+            refusal=sink_class.refusal,
         ):
             if str(p) not in problems:  # a syntax error is reported once, not once per sink
                 problems.append(f"sinks.{name}: {p}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Renderer:
         self._roots = [BUILTIN_DIR.resolve()]
         if user_dir is not None and user_dir.is_dir():
             self._roots.insert(0, user_dir.resolve())
-        loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(root) for root in self._roots])
+        loader = jinja2.ChoiceLoader([_StartLoader(root) for root in self._roots])
         self._envs = {kind: self._environment(loader, kind) for kind in ESCAPE_KINDS}
 
     def _environment(self, loader: jinja2.BaseLoader, kind: str) -> _Environment:
@@ -124,14 +124,18 @@ class Renderer:
         parts: Iterable[Part],
         template: str | None,
         event_types: Iterable[str],
+        refusal: Callable[[Mapping[str, str]], tuple[str, str] | None] | None = None,
     ) -> list[TemplateError]:
-        """Render a sink's parts for a sample event of each type; return the problems."""
+        """Render a sink's parts for a sample event of each type; return the problems.
+
+        ``refusal`` (the sink's) says what of the rendered parts its receiver would refuse.
+        """
         problems: dict[str, TemplateError] = {}
         declared = tuple(parts)
         for event_type in dict.fromkeys(event_types) or [SAMPLE_EVENT["type"]]:
             sample = event_from_dict({**SAMPLE_EVENT, "type": event_type}, received_at=0.0)
             try:
-                self.render(
+                rendered = self.render(
                     sink_name=sink_name,
                     sink_type=sink_type,
                     parts=declared,
@@ -139,6 +143,14 @@ class Renderer:
                     event=sample,
                 )
             except TemplateError as exc:
+                problems.setdefault(str(exc), exc)
+                continue
+            refused = refusal(rendered) if refusal is not None else None
+            if refused is not None:
+                part, why = refused
+                names = self.candidates(template or event_type, sink_type, part)
+                found = self._find(self._envs["none"], names)
+                exc = TemplateError(why, found.name if found is not None else names[0])
                 problems.setdefault(str(exc), exc)
         return list(problems.values())
 
@@ -196,6 +208,23 @@ class Renderer:
         for root in self._roots:
             names.update(p.relative_to(root).as_posix() for p in root.rglob(f"*{_SUFFIX}"))
         return sorted(names)
+
+
+class _StartLoader(jinja2.FileSystemLoader):
+    """A folder's templates as they were when the renderer was made, which is what was checked:
+    a file added later is not found until a reload makes a new renderer and checks it (an edit
+    of a known one is not seen either: templates compile once, ``auto_reload`` is off)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._known = frozenset(self.list_templates())
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self._known:
+            raise jinja2.TemplateNotFound(template)
+        return super().get_source(environment, template)
 
 
 def build_context(event: Event, sink_name: str) -> dict[str, Any]:

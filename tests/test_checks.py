@@ -91,3 +91,42 @@ def test_outbox_commands_on_a_file_that_is_not_a_database_say_so(tmp_path, capsy
     err = capsys.readouterr().err
     assert "cannot open the database" in err
     assert "file is not a database" in err
+
+
+SLACK = (
+    '[sinks.team]\ntype = "slack"\nwebhook_url = "https://hooks.slack.com/services/T/B/x"\n'
+    '[[routes]]\nsinks = ["team"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "problem"),
+    [
+        ('{"type": "section"}', "the blocks part is a JSON dict, not a list"),
+        ('"just a string"', "the blocks part is a JSON str, not a list"),
+    ],
+)
+def test_slack_blocks_that_are_not_a_list_fail_check(tmp_path, capsys, blocks, problem):
+    """Blocks that render to JSON other than an array are what Slack refuses: check says so,
+    naming the template, instead of passing and killing every delivery later."""
+    user_template(tmp_path, "shared_connection/slack.blocks.j2", blocks)
+    config = write_config(tmp_path, SLACK)
+    assert main(["check", "-c", str(config)]) == 1
+    assert f"sinks.team: shared_connection/slack.blocks.j2: {problem}" in capsys.readouterr().out
+
+
+def test_slack_text_that_renders_empty_without_blocks_fails_check(tmp_path, capsys):
+    """An empty text with no blocks would be refused by Slack (no_text): a check problem."""
+    user_template(tmp_path, "shared_connection/slack.text.j2", "{% if false %}x{% endif %}")
+    user_template(tmp_path, "shared_connection/slack.blocks.j2", "{# text only #}")
+    config = write_config(tmp_path, SLACK)
+    assert main(["check", "-c", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "sinks.team: shared_connection/slack.text.j2: the text part is empty" in out
+
+
+def test_empty_text_is_fine_when_blocks_carry_the_message(tmp_path, capsys):
+    """Slack takes a blank text when there are blocks: no problem."""
+    user_template(tmp_path, "shared_connection/slack.text.j2", " ")
+    config = write_config(tmp_path, SLACK)
+    assert main(["check", "-c", str(config)]) == 0

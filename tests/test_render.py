@@ -435,3 +435,14 @@ def test_compile_all_for_some_kinds_still_finds_every_syntax_error(tmp_path):
     problems = Renderer(tmp_path).compile_all(["terminal"])
     assert [p.template for p in problems] == ["shared_connection/email.html.j2"]
     assert problems[0].line == 1
+
+
+def test_a_template_added_after_start_is_not_used_until_a_reload(tmp_path: Path) -> None:
+    """Only the templates there when the renderer was made (and checked) are used: one added
+    later, unchecked, is passed over until a reload makes a new renderer."""
+    renderer = Renderer(tmp_path)
+    write(tmp_path, "shared_connection/console.text.j2", "{{ nobody }}")
+    text = render(renderer, "console", make_event())["text"]
+    assert "Google Ads" in text  # the built-in template, not the new broken one
+    with pytest.raises(TemplateError, match="nobody"):
+        render(Renderer(tmp_path), "console", make_event())

@@ -87,3 +87,13 @@ async def test_a_web_api_that_answers_plain_text_is_a_clear_permanent_error(comp
             await sink.send(message())
     assert "api_url" in str(caught.value)
     assert caught.value.reason == "client"
+
+
+async def test_an_empty_text_without_blocks_is_refused_before_sending(compatible):
+    """A message Slack would refuse (no_text) is dead at once, without a request."""
+    empty = Message(event_from_dict(SAMPLE_EVENT, 0.0), "chat", {"text": "  "})
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(PermanentError) as caught:
+            await webhook(compatible + "/plain-ok", http).send(empty)
+    assert "no_text" in str(caught.value)
+    assert caught.value.reason == "invalid"

@@ -102,6 +102,15 @@ class Sink(ABC):
     async def send(self, message: Message) -> None:
         """Deliver ``message``; raise RetryableError or PermanentError when it was not accepted."""
 
+    @classmethod
+    def refusal(cls, parts: Mapping[str, str]) -> tuple[str, str] | None:
+        """``(part, why)`` when rendered ``parts`` are something the receiver is sure to refuse.
+
+        ``send`` refuses them too; ``relay check`` runs this on every sample it renders, so a
+        template that renders the wrong shape is found before an event needs it.
+        """
+        return None
+
     async def close(self) -> None:  # noqa: B027 - most sinks hold nothing to release
         """Release what the sink holds (connections); called once at shutdown."""
 

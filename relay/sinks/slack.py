@@ -127,7 +127,23 @@ class SlackSink(Sink):
         self._webhook: AsyncWebhookClient | None = None
         self._web: AsyncWebClient | None = None
 
+    @classmethod
+    def refusal(cls, parts: Mapping[str, str]) -> tuple[str, str] | None:
+        try:
+            blocks = parse_blocks(parts.get("blocks"))
+        except PermanentError as exc:
+            return "blocks", str(exc)
+        if blocks is None and not parts.get("text", "").strip():
+            return (
+                "text",
+                "the text part is empty and there are no blocks: Slack refuses that (no_text)",
+            )
+        return None
+
     async def send(self, message: Message) -> None:
+        refused = self.refusal(message.parts)
+        if refused is not None:
+            raise PermanentError(refused[1], reason="invalid")
         text = truncate(message.parts["text"], MAX_TEXT)
         blocks = parse_blocks(message.parts.get("blocks"))
         try:
@@ -166,8 +182,8 @@ class SlackSink(Sink):
             # slack-sdk's validate() fails this way on a 200 whose JSON is not an object (a
             # server that is not the Web API answering "ok", say): nothing a retry can change.
             raise PermanentError(
-                "Slack's Web API answered 200 with JSON that is not an object: is api_url the "
-                "Web API's base URL (https://slack.com/api/)?",
+                "Slack's Web API answered 200 with a body that is not a JSON object: is api_url "
+                "the Web API's base URL (https://slack.com/api/)?",
                 reason="client",
                 status=200,
             ) from None
