@@ -7,6 +7,7 @@ named by its TOML path. Relative paths resolve against the config file's folder.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -258,6 +259,29 @@ def _as_tuple(patterns: list[str]) -> tuple[str, ...]:
     return tuple(patterns)
 
 
+def _route_warnings(config: Config) -> list[str]:
+    """Route patterns that cannot match what Dataslayer sends: its ids have no spaces."""
+    found = []
+    for i, route in enumerate(config.routes):
+        for key in ("datasource", "type"):
+            for pattern in getattr(route, key):
+                why = _pattern_problem(pattern)
+                if why:
+                    found.append(f"routes[{i}].{key}: {json.dumps(pattern)} {why}")
+    return found
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    if pattern != pattern.strip():
+        return f"has a leading or trailing space, so it never matches {json.dumps(pattern.strip())}"
+    if any(ch.isspace() for ch in pattern):
+        example = "_".join(pattern.lower().split())
+        return f'has a space; Dataslayer sends ids without them (did you mean "{example}"?)'
+    if "[" in pattern and "]" not in pattern[pattern.index("[") :]:
+        return 'has an unclosed "[", which matches only a literal "["'
+    return None
+
+
 def _access_warnings(config: Config) -> list[str]:
     found = []
     ds = config.dataslayer
@@ -273,7 +297,7 @@ def _access_warnings(config: Config) -> list[str]:
 
 def config_warnings(config: Config) -> list[str]:
     """Things that work but are probably not what the user wants."""
-    warnings = _access_warnings(config)
+    warnings = _access_warnings(config) + _route_warnings(config)
     if config.uses_demo_secret:
         warnings.append(
             "dataslayer.secret: the demo secret is in use; anyone who has read this project's "

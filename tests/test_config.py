@@ -338,3 +338,26 @@ def test_every_registered_sink_type_loads_and_names_itself():
     for kind, cls in SINK_TYPES.items():
         assert issubclass(cls, Sink)
         assert cls.type == kind
+
+
+def test_route_patterns_that_cannot_match_dataslayer_ids_are_warnings(tmp_path):
+    """A display name, a stray space or an unclosed [ in a route is warned about, by its path;
+    ids and globs are not."""
+    body = """
+    [sinks.out]
+    type = "console"
+    [[routes]]
+    datasource = ["google_ads", "*_ads", "Google Ads", "facebook_ads ", "["]
+    type = "shared connection"
+    sinks = ["out"]
+    """
+    config = load_config(write_config(tmp_path, body), environ={})
+    assert [w for w in config_warnings(config) if w.startswith("routes")] == [
+        'routes[0].datasource: "Google Ads" has a space; Dataslayer sends ids without them '
+        '(did you mean "google_ads"?)',
+        'routes[0].datasource: "facebook_ads " has a leading or trailing space, so it never '
+        'matches "facebook_ads"',
+        'routes[0].datasource: "[" has an unclosed "[", which matches only a literal "["',
+        'routes[0].type: "shared connection" has a space; Dataslayer sends ids without them '
+        '(did you mean "shared_connection"?)',
+    ]
