@@ -150,7 +150,11 @@ class TemplatesConfig(_Section):
 
 
 def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError("must be a string or a list of strings")
+    return value
 
 
 class LoggingConfig(_Section):
@@ -170,17 +174,25 @@ class MetricsConfig(_Section):
     port: Int | None = Field(default=None, ge=1, le=65535)  # None: on the main server
 
 
-Patterns = Annotated[list[str], BeforeValidator(_one_or_many)]
+# A string or a list of them, as route keys take: `sinks = "ops"` as well as `sinks = ["ops"]`.
+OneOrMany = Annotated[list[str], BeforeValidator(_one_or_many)]
 
 
 class RouteConfig(_Section):
-    datasource: Patterns = ["*"]
-    type: Patterns = ["*"]
-    sinks: list[str] = Field(min_length=1)
+    datasource: OneOrMany = ["*"]
+    type: OneOrMany = ["*"]
+    sinks: OneOrMany
+
+    @field_validator("sinks")
+    @classmethod
+    def _some(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one sink")
+        return value
 
 
 class FallbackConfig(_Section):
-    sinks: list[str] = []
+    sinks: OneOrMany = []
 
 
 class _RawConfig(_Section):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cryptography.fernet import Fernet, InvalidToken
 
 from relay.errors import TokenError
+from relay.secret import pasting_problem
 
 DEFAULT_MAX_CLOCK_SKEW = (
     60  # seconds a token may come from the future (the sender's clock may run fast)
@@ -25,11 +26,12 @@ _B64_ALPHABET = frozenset(string.ascii_letters + string.digits + "+/-_=")
 def fernet_key(secret: str) -> bytes:
     """The urlsafe-base64 Fernet key for a Dataslayer secret or a Fernet key.
 
-    Raises ValueError saying what is wrong (length, alphabet) without repeating the secret.
+    Raises ValueError saying what is wrong (white space, quotes, length, alphabet) without
+    repeating the secret.
     """
-    stripped = secret.strip()
-    if stripped != secret:
-        raise ValueError("has leading or trailing white space; paste the secret alone")
+    problem = pasting_problem(secret)
+    if problem is not None:
+        raise ValueError(problem)
     raw = secret.encode("utf-8")
     if len(raw) == 32:
         return base64.urlsafe_b64encode(raw)

@@ -1,4 +1,8 @@
-"""A string that never shows itself: its repr and str are ``<secret>``."""
+"""A string that never shows itself (its repr and str are ``<secret>``), and paste checks.
+
+``pasting_problem`` names the usual copy-and-paste slips (white space, the quotes around it) so
+that a secret's own format check does not report them as a wrong length or prefix.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,18 @@ from typing import Any
 
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
+
+_QUOTES = frozenset("'\"")
+
+
+def pasting_problem(value: str) -> str | None:
+    """What is wrong with how ``value`` was pasted, or None; the message never holds the value."""
+    if value != value.strip():
+        return "has leading or trailing white space; paste the secret alone"
+    # One quote character at both ends: the quotes of a shell line or a .env file came along.
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in _QUOTES:
+        return "is wrapped in quotes; paste the secret alone, without them"
+    return None
 
 
 class Secret:

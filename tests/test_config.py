@@ -361,3 +361,31 @@ def test_route_patterns_that_cannot_match_dataslayer_ids_are_warnings(tmp_path):
         'routes[0].type: "shared connection" has a space; Dataslayer sends ids without them '
         '(did you mean "shared_connection"?)',
     ]
+
+
+def test_route_keys_take_a_string_or_a_list(tmp_path):
+    """datasource, type and sinks (in routes and fallback) take one string or a list; anything
+    else, or no sink at all, is a problem in plain words."""
+    body = """
+    [sinks.c]
+    type = "console"
+    [[routes]]
+    sinks = "c"
+    [fallback]
+    sinks = "c"
+    """
+    config = load_config(write_config(tmp_path, body), environ={})
+    assert (config.routes[0].sinks, config.fallback) == (("c",), ("c",))
+    broken = """
+    [sinks.c]
+    type = "console"
+    [[routes]]
+    datasource = 5
+    sinks = "c"
+    [[routes]]
+    sinks = []
+    """
+    assert _problems(tmp_path, broken) == [
+        "routes[0].datasource: must be a string or a list of strings",
+        "routes[1].sinks: must name at least one sink",
+    ]

@@ -7,9 +7,10 @@ import base64
 import pytest
 from cryptography.fernet import Fernet
 
+from relay.config import load_config
 from relay.crypto import TokenVerifier, describe_age, encrypt, fernet_key
-from relay.errors import TokenError
-from tests.helpers import BY_NAME, SECRET, VECTORS, VECTORS_PATH
+from relay.errors import ConfigError, TokenError
+from tests.helpers import BY_NAME, SECRET, VECTORS, VECTORS_PATH, write_config
 
 
 @pytest.mark.parametrize("vector", VECTORS["vectors"], ids=lambda v: v["name"])
@@ -48,6 +49,33 @@ def test_unusable_secrets_say_what_is_wrong_without_showing_the_secret(secret, f
     with pytest.raises(ValueError, match=fragment) as info:
         fernet_key(secret)
     assert secret not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "'abcdefghijklmnopqrstuvwxyz123456'",
+        '"abcdefghijklmnopqrstuvwxyz123456"',
+        "'" + VECTORS["fernet_key"] + "'",
+    ],
+    ids=["single quotes", "double quotes", "quoted Fernet key"],
+)
+def test_a_secret_pasted_with_its_quotes_says_so_without_showing_the_secret(secret):
+    """A secret wrapped in matching quotes is named as quoted, not as the wrong length."""
+    with pytest.raises(ValueError) as info:
+        fernet_key(secret)
+    assert str(info.value) == "is wrapped in quotes; paste the secret alone, without them"
+
+
+def test_a_quoted_previous_secret_is_a_config_problem_naming_its_place(tmp_path):
+    """previous_secrets items get the same quotes message, under their TOML path."""
+    body = "previous_secrets = [\"'abcdefghijklmnopqrstuvwxyz123456'\"]\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, body), environ={})
+    assert [str(p) for p in info.value.problems] == [
+        "dataslayer.previous_secrets[0]: is wrapped in quotes; paste the secret alone, without them"
+    ]
+    assert "abcdefghijklmnopqrstuvwxyz123456" not in str(info.value)
 
 
 def test_token_made_with_another_secret_is_refused():

@@ -13,12 +13,14 @@ import aiosmtplib
 import pytest
 from pydantic import ValidationError
 
-from relay.errors import PermanentError, RetryableError
+from relay.config import load_config
+from relay.errors import ConfigError, PermanentError, RetryableError
 from relay.events import SAMPLE_EVENT, event_from_dict
 from relay.failures import classify_smtp_reply
 from relay.sinks.base import Message, SinkContext
 from relay.sinks.email import EmailConfig, EmailSink, clean_header_text, smtp_error
 from relay.testing.smtp import FakeSMTP, TestTLS, make_test_tls
+from tests.helpers import write_config
 
 FROM = "Relay <relay@example.com>"
 TO = "ops@example.com"
@@ -359,6 +361,57 @@ def test_config_rejects_bad_values_naming_them(key: str, value: Any, message: st
     with pytest.raises(ValidationError) as caught:
         EmailConfig.model_validate(settings)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        (
+            "https://127.0.0.1:18025",
+            '"https://127.0.0.1:18025" has a scheme; give the host name alone,'
+            " e.g. smtp.example.com",
+        ),
+        (
+            "smtp example.com",
+            '"smtp example.com" contains white space; give the host name alone,'
+            " e.g. smtp.example.com",
+        ),
+        (
+            "smtp.example.com/mail",
+            '"smtp.example.com/mail" has a path; give the host name alone, e.g. smtp.example.com',
+        ),
+        (
+            "smtp.example.com:2525",
+            '"smtp.example.com:2525" has a port; give the host name alone and set port = 2525',
+        ),
+        ("[::1]:2525", '"[::1]:2525" has a port; give the host name alone and set port = 2525'),
+        ("[::1]", '"[::1]" has brackets; give the IPv6 address alone: ::1'),
+        ("", "is empty; give the SMTP server's host name, e.g. smtp.example.com"),
+    ],
+    ids=["scheme", "white space", "path", "port", "IPv6 port", "brackets", "empty"],
+)
+def test_config_rejects_a_host_that_is_not_a_bare_host_name(
+    tmp_path: Path, host: str, message: str
+) -> None:
+    """A host with a scheme, white space, path, port or brackets, or none, fails at load by path."""
+    body = f"""
+    [sinks.ops-mail]
+    type = "email"
+    host = "{host}"
+    from = "relay@example.com"
+    to = "ops@example.com"
+    """
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, body), environ={})
+    assert [str(p) for p in caught.value.problems] == [f"sinks.ops-mail.host: {message}"]
+
+
+@pytest.mark.parametrize(
+    "host", ["smtp.example.com", "localhost", "mail-relay_1", "127.0.0.1", "::1", "2001:db8::25"]
+)
+def test_config_accepts_host_names_and_ip_addresses(host: str) -> None:
+    """Host names (underscores too, as in container names) and IPv4 and IPv6 literals load."""
+    assert make_sink(host=host).config.host == host
 
 
 def test_config_keeps_the_password_out_of_its_repr() -> None:

@@ -287,6 +287,38 @@ def test_config_rejects_bad_values(keys: dict[str, Any], message: str) -> None:
     assert "X-Evil" not in text
 
 
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [
+        (
+            SECRET + " ",
+            "signing_secret has leading or trailing white space; paste the secret alone",
+        ),
+        (
+            " " + SECRET,
+            "signing_secret has leading or trailing white space; paste the secret alone",
+        ),
+        (
+            f"'{SECRET}'",
+            "signing_secret is wrapped in quotes; paste the secret alone, without them",
+        ),
+        (
+            f'"{SECRET}"',
+            "signing_secret is wrapped in quotes; paste the secret alone, without them",
+        ),
+    ],
+    ids=["trailing space", "leading space", "single quotes", "double quotes"],
+)
+def test_a_mis_pasted_signing_secret_says_how_without_showing_it(secret: str, message: str) -> None:
+    """White space around a signing secret, or quotes, is named as such and the secret not shown."""
+    settings = {"type": "webhook", "url": "https://crm.example.com/hook", "signing_secret": secret}
+    with pytest.raises(ValidationError) as caught:
+        WebhookConfig.model_validate(settings)
+    text = str(caught.value)
+    assert message in text
+    assert SECRET.removeprefix("whsec_") not in text
+
+
 def test_config_keeps_secrets_out_of_repr() -> None:
     """Header values and signing secrets are Secrets: the config's repr shows neither."""
     config = WebhookConfig.model_validate(

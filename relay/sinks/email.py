@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
+import json
 import logging
 import re
 import ssl
@@ -64,6 +66,53 @@ def parse_address(value: str) -> Address:
     return addresses[0]
 
 
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is not a bare host name or IP address, or None.
+
+    aiosmtplib hands the host to the resolver as is, so a URL or ``name:port`` would otherwise
+    pass validation and only fail at delivery, retried, as "Name or service not known".
+    """
+    shown = _toml_string(host)
+    alone = "give the host name alone, e.g. smtp.example.com"
+    if not host:
+        return "is empty; give the SMTP server's host name, e.g. smtp.example.com"
+    if "://" in host:
+        return f"{shown} has a scheme; {alone}"
+    if any(ch.isspace() for ch in host):
+        return f"{shown} contains white space; {alone}"
+    if "/" in host:
+        return f"{shown} has a path; {alone}"
+    return _colon_problem(host, shown)
+
+
+def _colon_problem(host: str, shown: str) -> str | None:
+    """A port suffix or IPv6 brackets; an unbracketed IPv6 address has colons but is fine."""
+    if _is_ip_address(host):
+        return None
+    name, colon, port = host.rpartition(":")
+    if colon and name and port.isdigit():
+        return f"{shown} has a port; give the host name alone and set port = {int(port)}"
+    inner = host.removeprefix("[").removesuffix("]")
+    if host.startswith("[") and _is_ip_address(inner):
+        return f"{shown} has brackets; give the IPv6 address alone: {inner}"
+    if ":" in host:
+        return f"{shown} is neither a host name nor an IP address"
+    return None
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _toml_string(text: str) -> str:
+    """``text`` quoted as the config file spells a string, so the user sees what they wrote."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 class EmailConfig(SinkConfig):
     """``[sinks.NAME]`` with ``type = "email"``.
 
@@ -78,7 +127,7 @@ class EmailConfig(SinkConfig):
     model_config = ConfigDict(populate_by_name=True, hide_input_in_errors=True)
 
     type: Literal["email"] = "email"
-    host: str = Field(min_length=1)
+    host: str
     port: Int = Field(default=587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
@@ -89,6 +138,14 @@ class EmailConfig(SinkConfig):
     bcc: tuple[str, ...] = ()
     reply_to: str | None = None
     tls_ca_file: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, value: str) -> str:
+        problem = host_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("to", "cc", "bcc", mode="before")
     @classmethod

@@ -25,7 +25,7 @@ from relay import __version__
 from relay.config_types import Int
 from relay.errors import DeliveryError
 from relay.failures import classify_exception, classify_status, parse_retry_after
-from relay.secret import Secret
+from relay.secret import Secret, pasting_problem
 from relay.sinks.base import Message, Part, Sink, SinkConfig, SinkContext
 
 CONTENT_TYPE = "application/json; charset=utf-8"
@@ -240,6 +240,10 @@ async def _read_detail(response: aiohttp.ClientResponse) -> str:
 def signing_key(secret: Secret) -> bytes:
     """The HMAC key inside a ``whsec_`` secret; ValueError (without the value) when malformed."""
     text = secret.reveal()
+    # Checked first: a stray space or quote would otherwise read as a missing prefix or bad base64.
+    problem = pasting_problem(text)
+    if problem is not None:
+        raise ValueError(f"signing_secret {problem}")
     if not text.startswith(SECRET_PREFIX):
         raise ValueError(
             f"signing_secret must start with {SECRET_PREFIX!r} (Standard Webhooks format)"
