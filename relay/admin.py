@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.admin_settings import OutboxSettings
+from relay.config_errors import suggest
 from relay.errors import RelayError
 from relay.events import mask_email, mask_emails_in
 from relay.outbox import connect
@@ -345,6 +346,31 @@ def unknown_sink_note(sink: str | None, settings: OutboxSettings) -> str:
     if sink is None or settings.knows(sink):
         return ""
     return f" (sink {sink} is not in the config)"
+
+
+def require_sink(conn: sqlite3.Connection, sink: str | None, settings: OutboxSettings) -> None:
+    """Refuse a sink that neither the config nor the database knows: most likely a typo, and
+    retrying or purging it would quietly do nothing. A sink removed from the config still has
+    deliveries stored, so it passes."""
+    if sink is None or settings.knows(sink) or _has_deliveries(conn, sink):
+        return
+    raise AdminError(f'no sink named "{sink}" in the config or the database{_hint(sink, settings)}')
+
+
+def _has_deliveries(conn: sqlite3.Connection, sink: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM deliveries WHERE sink = ? LIMIT 1", (sink,)).fetchone()
+        is not None
+    )
+
+
+def _hint(sink: str, settings: OutboxSettings) -> str:
+    """A did-you-mean when a configured name is close, else the names to choose from."""
+    names = sorted(settings.sinks or ())
+    close = suggest(sink, names)
+    if close or not names:
+        return close
+    return f"; the config's sinks: {', '.join(names)}"
 
 
 def purge_older(

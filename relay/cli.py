@@ -186,6 +186,8 @@ def _outbox_action(conn: Any, args: argparse.Namespace, settings: OutboxSettings
         return (
             json.dumps(detail, ensure_ascii=False) if args.json else admin.format_event(detail, now)
         )
+    if args.action in ("retry", "purge"):
+        admin.require_sink(conn, args.sink, settings)
     if args.action == "retry":
         result = admin.retry(conn, args.ids, dead=args.dead, sink=args.sink, now=now)
         for warning in admin.unconfigured(result, settings):
@@ -321,13 +323,15 @@ def cmd_preview(args: argparse.Namespace) -> int:
     except (OSError, ValueError, EventError) as exc:
         print(f"cannot read the event: {exc}", file=sys.stderr)
         return 1
-    names = _preview_sinks(config, event, args.sink)
+    routed, by_fallback = _route(config, event)
+    names = _preview_sinks(config, routed, args.sink)
     if isinstance(names, int):
         return names
     renderer = Renderer(config.templates.dir, config.templates.timezone)
     failed = False
     for name in names:
-        failed |= not _preview_one(renderer, config, name, event)
+        label = " (fallback)" if by_fallback and name in routed else ""
+        failed |= not _preview_one(renderer, config, name, event, label)
     return 1 if failed else 0
 
 
@@ -351,21 +355,39 @@ def _read_event(source: str | None) -> Event:
     return event_from_dict(data, received_at=time.time())
 
 
-def _preview_sinks(config: Config, event: Event, only: str | None) -> list[str] | int:
+def _preview_sinks(config: Config, routed: list[str], only: str | None) -> list[str] | int:
     if only is not None:
         if only not in config.sinks:
             print(f'no sink named "{only}"; sinks: {", ".join(config.sinks)}', file=sys.stderr)
             return 1
+        if only not in routed:  # still rendered: the template is what is being worked on
+            goes = (
+                f"it goes to: {', '.join(routed)}" if routed else "no route or fallback matches it"
+            )
+            print(
+                f"note: sink {only} would not receive this event: it is not routed there ({goes})",
+                file=sys.stderr,
+            )
         return [only]
-    names = Router(config.routes, config.fallback).sinks_for(event)
-    if not names:
+    if not routed:
         print("no route or fallback matches this event: nothing would be sent", file=sys.stderr)
-    return names
+    return routed
 
 
-def _preview_one(renderer: Renderer, config: Config, name: str, event: Event) -> bool:
+def _route(config: Config, event: Event) -> tuple[list[str], bool]:
+    """The sinks ``event`` goes to, routed as the server does, and whether they are [fallback]'s.
+
+    The router falls back only when no route matches, so routing without the fallback tells.
+    """
+    names = Router(config.routes, config.fallback).sinks_for(event)
+    return names, bool(names) and not Router(config.routes, ()).sinks_for(event)
+
+
+def _preview_one(
+    renderer: Renderer, config: Config, name: str, event: Event, label: str = ""
+) -> bool:
     sink = config.sinks[name]
-    print(f"=== {name} ({sink.type}) ===")
+    print(f"=== {name} ({sink.type}){label} ===")
     try:
         parts = renderer.render(
             sink_name=name,
@@ -411,7 +433,9 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"{status} {text}")
-    if status == 401 and '"invalid_token"' in text:
+    if status == 200 and _accepted(text):
+        print(_routing_note(config, event), file=sys.stderr)
+    elif status == 401 and '"invalid_token"' in text:
         print(_secret_hint(config), file=sys.stderr)
     elif status == 401:
         print(
@@ -420,6 +444,29 @@ def cmd_send_test(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0 if 200 <= status < 300 else 1
+
+
+def _accepted(text: str) -> bool:
+    """Did the relay store the event as new? A duplicate was routed when first accepted."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and answer.get("status") == "accepted"
+
+
+def _routing_note(config: Config, data: dict[str, Any]) -> str:
+    """Where the relay sends the test event, by this config's routes: a 200 alone does not say
+    that it goes nowhere (only the server's log does)."""
+    event = event_from_dict(data, received_at=time.time())
+    names, by_fallback = _route(config, event)
+    if names:
+        return f"routed to: {', '.join(names)}" + (" (fallback)" if by_fallback else "")
+    source = f'datasource "{event.datasource}"' if event.datasource else "no datasource"
+    return (
+        f'note: no route or [fallback] in {config.path} matches type "{event.type}", {source}:'
+        " the relay stored it but sends it nowhere"
+    )
 
 
 def _secret_hint(config: Config) -> str:

@@ -396,13 +396,48 @@ async def test_retrying_a_delivered_delivery_says_nothing_was_requeued(relay, ca
     assert out.strip() == "nothing to requeue: the delivery is already delivered"
 
 
-async def test_an_unknown_sink_matches_nothing_and_says_so(relay, capsys):
-    """--sink with a name not in the config finds nothing, and the message says it is unknown."""
-    for args in (["retry", "--dead"], ["list"]):
-        code, out, _ = run(capsys, relay, *args, "--sink", "nosuch")
-        assert code == 0
-        assert out.startswith("no deliveries match")
-        assert "sink nosuch is not in the config" in out
+async def test_list_of_an_unknown_sink_matches_nothing_and_says_so(relay, capsys):
+    """list --sink of a name not in the config finds nothing, and says the name is unknown."""
+    code, out, _ = run(capsys, relay, "list", "--sink", "nosuch")
+    assert code == 0
+    assert out.startswith("no deliveries match")
+    assert "sink nosuch is not in the config" in out
+
+
+@pytest.mark.parametrize(
+    ("sink", "hint"),
+    [("crn", ' (did you mean "crm"?)'), ("nosuch", "; the config's sinks: crm")],
+    ids=["close", "far"],
+)
+@pytest.mark.parametrize(
+    "action", [["retry", "--dead"], ["purge", "--older-than", "1d"]], ids=["retry", "purge"]
+)
+async def test_retry_or_purge_of_a_sink_neither_config_nor_database_knows_fails(
+    relay, capsys, action, sink, hint
+):
+    """retry and purge --sink of a name unknown to the config and the database exit 1 untouched."""
+    before = rows(relay.db, "SELECT id, status FROM deliveries ORDER BY id")
+    code, out, err = run(capsys, relay, *action, "--sink", sink)
+    assert (code, out) == (1, "")
+    assert err == f'no sink named "{sink}" in the config or the database{hint}\n'
+    assert rows(relay.db, "SELECT id, status FROM deliveries ORDER BY id") == before
+
+
+async def test_a_removed_sinks_deliveries_can_still_be_retried_and_purged_by_name(
+    relay, tmp_path, capsys
+):
+    """--sink of a sink gone from the config but still in the database works and exits 0."""
+    other = tmp_path / "other.toml"
+    other.write_text(f'[dataslayer]\nsecret = "{SECRET}"\n[sinks.new]\ntype = "console"\n')
+    outbox = ["outbox", "-c", str(other)]
+    assert main([*outbox, "retry", "--dead", "--sink", "crm"]) == 0
+    assert capsys.readouterr().out == "requeued 1 delivery\n"
+    assert main([*outbox, "retry", "--dead", "--sink", "crm"]) == 0
+    assert capsys.readouterr().out == "no deliveries match (sink crm is not in the config)\n"
+    assert main([*outbox, "purge", "--older-than", "4d", "--sink", "crm"]) == 0
+    assert capsys.readouterr().out == (
+        "purged 0 deliveries to crm and 0 events (sink crm is not in the config)\n"
+    )
 
 
 async def test_posts_during_shutdown_get_503(relay):

@@ -425,3 +425,72 @@ def test_preview_shows_the_email_parts_and_the_webhook_json(tmp_path, capsys):
         "email": "ana.lopez@example.com",
         "created": 1733240000,
     }
+
+
+def routed_and_fallback_config(tmp_path, fallback=True, port=8080):
+    """Console sinks: "ga" gets ga4 events by a route, "rest" gets the others by [fallback]."""
+    body = f"""
+    [server]
+    port = {port}
+    [sinks.ga]
+    type = "console"
+    [sinks.rest]
+    type = "console"
+    [[routes]]
+    datasource = "ga4"
+    sinks = ["ga"]
+    """
+    return write_config(tmp_path, body + ('[fallback]\nsinks = ["rest"]\n' if fallback else ""))
+
+
+def test_send_test_says_when_its_event_is_sent_nowhere(tmp_path):
+    """An accepted test event no route or fallback matches gets a note on stderr and exit 0."""
+    port = free_port()
+    config = routed_and_fallback_config(tmp_path, fallback=False, port=port)
+    with serving(config, port):
+        result = run_relay("send-test", "-c", str(config), "--datasource", "google_ads")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('200 {"status": "accepted"')
+    assert result.stderr == (
+        f'note: no route or [fallback] in {config} matches type "shared_connection", '
+        'datasource "google_ads": the relay stored it but sends it nowhere\n'
+    )
+
+
+def test_send_test_names_the_sinks_its_event_is_routed_to(tmp_path):
+    """An accepted test event is followed by the sinks it goes to, [fallback]'s marked so."""
+    port = free_port()
+    config = routed_and_fallback_config(tmp_path, port=port)
+    with serving(config, port):
+        routed = run_relay("send-test", "-c", str(config), "--datasource", "ga4")
+        fallen = run_relay("send-test", "-c", str(config), "--datasource", "google_ads")
+    assert (routed.returncode, routed.stderr) == (0, "routed to: ga\n")
+    assert (fallen.returncode, fallen.stderr) == (0, "routed to: rest (fallback)\n")
+
+
+def test_preview_of_a_sink_the_event_does_not_reach_says_so_and_renders_it(tmp_path, capsys):
+    """preview --sink of a sink the event is not routed to notes it on stderr and still renders."""
+    config = str(routed_and_fallback_config(tmp_path))
+    assert main(["preview", "-c", config, "--sink", "ga"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        "note: sink ga would not receive this event: it is not routed there (it goes to: rest)\n"
+    )
+    assert out.startswith("=== ga (console) ===\n--- text ---\n")
+    assert "ana.lopez@example.com" in out
+
+
+def test_preview_marks_the_sinks_an_event_reaches_by_fallback(tmp_path, capsys):
+    """A sink reached through [fallback] has "(fallback)" in its header; a routed one does not."""
+    config = str(routed_and_fallback_config(tmp_path))
+    event = tmp_path / "ga4.json"
+    event.write_text('{"type": "shared_connection", "datasource": "ga4"}')
+    for args, header in [
+        ([], "=== rest (console) (fallback) ===\n"),
+        (["--sink", "rest"], "=== rest (console) (fallback) ===\n"),
+        ([str(event)], "=== ga (console) ===\n"),
+    ]:
+        assert main(["preview", "-c", config, *args]) == 0
+        out, err = capsys.readouterr()
+        assert (out.count("==="), err) == (2, "")
+        assert out.startswith(header)

@@ -257,6 +257,17 @@ async def test_errors_never_contain_header_values_or_url_tokens(
 # --- config ---------------------------------------------------------------------------------
 
 
+def test_every_bad_header_is_reported_at_once() -> None:
+    """Three bad headers give three problems in one error, not one per run of relay check."""
+    headers = {"Bad Name": "x", "webhook-id": "x", "X-Token": "abc\r\nX-Evil: 1"}
+    settings = {"type": "webhook", "url": "https://crm.example.com/", "headers": headers}
+    with pytest.raises(ValidationError) as caught:
+        WebhookConfig.model_validate(settings)
+    text = str(caught.value)
+    for message in ("not a valid header name", "set by the relay", "line break"):
+        assert message in text
+
+
 @pytest.mark.parametrize(
     ("keys", "message"),
     [

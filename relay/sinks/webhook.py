@@ -93,15 +93,9 @@ class WebhookConfig(SinkConfig):
     @field_validator("headers")
     @classmethod
     def _header_names(cls, value: dict[str, Secret]) -> dict[str, Secret]:
-        for name, secret in value.items():
-            if not _TOKEN.match(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if name.lower() in RESERVED_HEADERS:
-                raise ValueError(f"{name!r} is set by the relay and cannot be configured")
-            if re.search(r"[\x00-\x1f\x7f]", secret.reveal().replace("\t", " ")):
-                raise ValueError(
-                    f"the value of {name!r} contains a line break or control character"
-                )
+        problems = [p for name, secret in value.items() if (p := _header_problem(name, secret))]
+        if problems:
+            raise ValueError("; ".join(problems))  # every header at once, not one per run
         return value
 
     @field_validator("signing_secret")
@@ -126,6 +120,16 @@ class WebhookConfig(SinkConfig):
         # The URL may carry a token (query, userinfo, path): repr shows it redacted.
         for key, value in super().__repr_args__():
             yield key, redact_url(value) if key == "url" else value
+
+
+def _header_problem(name: str, value: Secret) -> str | None:
+    if not _TOKEN.match(name):
+        return f"{name!r} is not a valid header name"
+    if name.lower() in RESERVED_HEADERS:
+        return f"{name!r} is set by the relay and cannot be configured"
+    if re.search(r"[\x00-\x1f\x7f]", value.reveal().replace("\t", " ")):
+        return f"the value of {name!r} contains a line break or control character"
+    return None
 
 
 class WebhookSink(Sink):
