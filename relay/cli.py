@@ -399,7 +399,12 @@ def _preview_one(
     except TemplateError as exc:
         print(f"template error: {exc}")
         return False
-    for part, text in parts.items():
+    sink_class = SINK_TYPES[sink.type]
+    refused = sink_class.refusal(parts)
+    if refused is not None:
+        print(f"would be refused: {refused[1]}")
+        return False
+    for part, text in sink_class.as_sent(parts).items():  # as sent: fitted to the limits
         print(f"--- {part} ---\n{text}")
     return True
 

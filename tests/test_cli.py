@@ -494,3 +494,39 @@ def test_preview_marks_the_sinks_an_event_reaches_by_fallback(tmp_path, capsys):
         out, err = capsys.readouterr()
         assert (out.count("==="), err) == (2, "")
         assert out.startswith(header)
+
+
+SLACK_SINK = (
+    '[sinks.team]\ntype = "slack"\nwebhook_url = "https://hooks.slack.com/services/T/B/x"\n'
+    '[[routes]]\nsinks = ["team"]\n'
+)
+
+
+def _user_template(tmp_path, name, text):
+    path = tmp_path / "templates" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_preview_shows_slack_output_as_sent_after_fitting_the_limits(tmp_path, capsys):
+    """A 5,000-character section is cut to Slack's 3,000 in what preview shows, as in what is
+    sent; blocks within the limits are shown as the template wrote them."""
+    _user_template(
+        tmp_path,
+        "shared_connection/slack.blocks.j2",
+        '[{"type": "section", "text": {"type": "mrkdwn", "text": "' + "x" * 5000 + '"}}]',
+    )
+    config = write_config(tmp_path, SLACK_SINK)
+    assert main(["preview", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    blocks = json.loads(out.split("--- blocks ---\n", 1)[1])
+    assert len(blocks[0]["text"]["text"]) == 3000
+    assert blocks[0]["text"]["text"].endswith("…")
+
+
+def test_preview_says_when_slack_would_refuse_the_message(tmp_path, capsys):
+    """Blocks that are not a JSON array: preview says the message would be refused, exit 1."""
+    _user_template(tmp_path, "shared_connection/slack.blocks.j2", '{"type": "section"}')
+    config = write_config(tmp_path, SLACK_SINK)
+    assert main(["preview", "-c", str(config)]) == 1
+    assert "would be refused: the blocks part is a JSON dict" in capsys.readouterr().out

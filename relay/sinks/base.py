@@ -111,6 +111,12 @@ class Sink(ABC):
         """
         return None
 
+    @classmethod
+    def as_sent(cls, parts: Mapping[str, str]) -> dict[str, str]:
+        """``parts`` as ``send`` would send them (after fitting a receiver's limits): what
+        ``relay preview`` shows."""
+        return dict(parts)
+
     async def close(self) -> None:  # noqa: B027 - most sinks hold nothing to release
         """Release what the sink holds (connections); called once at shutdown."""
 

@@ -140,6 +140,15 @@ class SlackSink(Sink):
             )
         return None
 
+    @classmethod
+    def as_sent(cls, parts: Mapping[str, str]) -> dict[str, str]:
+        shown = dict(parts)
+        shown["text"] = truncate(parts["text"], MAX_TEXT)
+        blocks = parse_blocks(parts.get("blocks"))
+        if blocks is not None and blocks != json.loads(parts["blocks"]):  # fitting changed it
+            shown["blocks"] = json.dumps(blocks, indent=2, ensure_ascii=False)
+        return shown
+
     async def send(self, message: Message) -> None:
         refused = self.refusal(message.parts)
         if refused is not None:
