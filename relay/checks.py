@@ -7,18 +7,46 @@ one type that has none (so the ``default/`` templates are rendered too).
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from relay.config import Config, load_config
+from relay.config_sections import TemplatesConfig
 from relay.errors import ConfigError, Problem
 from relay.events import SAMPLE_EVENT
 from relay.render import BUILTIN_DIR, Renderer
 from relay.sinks import SINK_TYPES
 
 
+def load_config_listing_all(path: Path) -> Config:
+    """``load_config``, whose ConfigError also lists the templates' syntax errors: a broken
+    config should not hide a broken template until it is fixed."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        extra = [Problem("", text) for text in syntax_problems_beside(path)]
+        raise ConfigError([*exc.problems, *extra]) from None
+
+
+def syntax_problems_beside(path: Path) -> list[str]:
+    """Template syntax errors in the templates folder the config at ``path`` names (read
+    leniently, as the config has problems; the default folder when it cannot be read)."""
+    folder = TemplatesConfig().dir
+    try:
+        named = tomllib.loads(path.read_text(encoding="utf-8")).get("templates", {}).get("dir")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        named = None
+    if isinstance(named, str) and "${" not in named:
+        folder = Path(named)
+    try:
+        return [str(p) for p in Renderer(path.parent / folder).compile_all(["none"])]
+    except ValueError:
+        return []
+
+
 def load_checked(path: Path) -> tuple[Config, Renderer]:
     """The config at ``path`` and its renderer; ConfigError lists every problem, templates too."""
-    config = load_config(path)
+    config = load_config_listing_all(path)
     try:
         renderer = Renderer(config.templates.dir, config.templates.timezone)
     except ValueError as exc:

@@ -17,8 +17,8 @@ import aiohttp
 
 from relay import __version__, admin
 from relay.admin_settings import OutboxSettings, outbox_settings
-from relay.checks import template_problems, template_warnings
-from relay.config import Config, config_warnings, default_config_path, load_config
+from relay.checks import load_config_listing_all, template_problems, template_warnings
+from relay.config import Config, config_warnings, default_config_path
 from relay.crypto import encrypt
 from relay.errors import ConfigError, EventError, StorageError, TemplateError
 from relay.events import SAMPLE_EVENT, Event, event_from_dict, reject_constant
@@ -137,7 +137,7 @@ def _outbox_commands(outbox: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, exit_code: int) -> Config | int:
     path = args.config or default_config_path()
     try:
-        return load_config(path)
+        return load_config_listing_all(path)
     except ConfigError as exc:
         print(f"{path}: invalid config:", file=sys.stderr)
         for problem in exc.problems:
@@ -267,7 +267,7 @@ def _warn(config: Config) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     path = args.config or default_config_path()
     try:
-        config = load_config(path)
+        config = load_config_listing_all(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from relay.checks import UNTEMPLATED_TYPE, event_types, template_problems, template_warnings
+from relay.checks import (
+    UNTEMPLATED_TYPE,
+    event_types,
+    load_checked,
+    template_problems,
+    template_warnings,
+)
 from relay.cli import main
 from relay.config import load_config
+from relay.errors import ConfigError
 from tests.helpers import write_config
 
 CONSOLE = '[sinks.out]\ntype = "console"\n[[routes]]\nsinks = ["out"]\n'
@@ -130,3 +137,18 @@ def test_empty_text_is_fine_when_blocks_carry_the_message(tmp_path, capsys):
     user_template(tmp_path, "shared_connection/slack.text.j2", " ")
     config = write_config(tmp_path, SLACK)
     assert main(["check", "-c", str(config)]) == 0
+
+
+def test_a_config_problem_does_not_hide_a_broken_template(tmp_path, capsys):
+    """A misspelt key and a template syntax error are listed together, by check and by what
+    serve and a reload run, not the template only once the config is fixed."""
+    user_template(tmp_path, "shared_connection/console.text.j2", "{% if %}\n")
+    config = write_config(tmp_path, "[delivery]\nmax_atempts = 3\n" + CONSOLE)
+    assert main(["check", "-c", str(config)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == 'delivery.max_atempts: unknown key (did you mean "max_attempts"?)'
+    assert out[1].startswith("shared_connection/console.text.j2, line 1: ")
+    with pytest.raises(ConfigError) as caught:
+        load_checked(config)
+    assert caught.value.problems[0].path == "delivery.max_atempts"
+    assert "console.text.j2, line 1" in str(caught.value.problems[1])
