@@ -45,7 +45,8 @@ async def _storage(outbox: Outbox | None) -> str | None:
     if outbox is None:
         return "not open"
     try:
-        await asyncio.wait_for(outbox.check_writable(), PROBE_TIMEOUT)
+        async with asyncio.timeout(PROBE_TIMEOUT):  # not wait_for: it can lose a cancellation
+            await outbox.check_writable()
     except StorageError as exc:
         return str(exc)
     except TimeoutError:

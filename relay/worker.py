@@ -266,8 +266,11 @@ class Worker:
                     continue  # nothing to send, or no room: a finishing send wakes us
                 delay = min(delay, max(due_at, allowed_at or now) - now)
         self._wakeup.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the wake-up is set, and the worker would never stop (seen under load).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout=max(delay, 0.005))
+            async with asyncio.timeout(max(delay, 0.005)):
+                await self._wakeup.wait()
 
     async def _cancel_in_flight(self) -> None:
         tasks = list(self._in_flight.values())

@@ -163,3 +163,23 @@ def test_retention_sweeps_run_often_enough_for_short_retentions():
     assert short._cleanup_every() == 30
     assert long._cleanup_every() == 600
     assert tiny._cleanup_every() == 10
+
+
+async def test_a_cancelled_worker_stops_even_when_woken_at_that_moment(tmp_path):
+    """A cancel that arrives together with a wake-up (new deliveries stored) still stops the
+    worker: its sleep must not swallow the cancellation (as Python 3.11's wait_for does)."""
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    worker = _worker(outbox, {}, FakeClock(NOW))
+    task = asyncio.create_task(worker.run())
+    try:
+        for _ in range(5):  # into its idle sleep
+            await asyncio.sleep(0.01)
+        worker.notify()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()

@@ -236,7 +236,8 @@ class FakeSlack(LocalServer):
         answer = self._script.pop(0) if self._script else Answer()
         if answer.delay:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), answer.delay)
+                async with asyncio.timeout(answer.delay):  # not wait_for: see relay.worker
+                    await self._closing.wait()
         if self._closing.is_set():
             raise web.HTTPServiceUnavailable(text="FakeSlack is closing")
         return answer
