@@ -49,9 +49,10 @@ class SinkGate:
         if self.paused_until is not None:
             if now < self.paused_until:
                 return 0
-            # Half-open: one probe at a time until a success closes the breaker.
-            return 1 if self.in_flight == 0 else 0
-        room = self._concurrency - self.in_flight
+            # Half-open: one probe at a time until an answer closes the breaker; the rate holds.
+            room = 1 - self.in_flight
+        else:
+            room = self._concurrency - self.in_flight
         if self._rate is not None:
             self._refill(now)
             room = min(room, math.floor(self._tokens))
@@ -82,12 +83,18 @@ class SinkGate:
     # -- outcomes ------------------------------------------------------------------------------
 
     def finished(self, *, ok: bool, retryable_failure: bool) -> None:
-        """Record an attempt's outcome: a success closes the breaker, failures may open it."""
+        """Record an attempt's outcome: retryable failures may open the breaker; anything else
+        (a success, or a permanent failure such as a refused payload) means the sink answered,
+        which closes it."""
         self.in_flight -= 1
-        if ok:
-            self._succeeded()
-        elif retryable_failure:
+        if retryable_failure:
             self._failed()
+        else:
+            self._succeeded()
+
+    def abandoned(self) -> None:
+        """A send cancelled before it had an outcome (shutdown): its slot is free, nothing else."""
+        self.in_flight -= 1
 
     def _succeeded(self) -> None:
         if self.paused_until is not None:

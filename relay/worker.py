@@ -283,7 +283,7 @@ class Worker:
         try:
             error = await self._attempt(due, sink)
         except BaseException:
-            gate.finished(ok=False, retryable_failure=False)  # cancelled: stays pending
+            gate.abandoned()  # cancelled: stays pending, and says nothing about the sink
             raise
         duration = time.perf_counter() - started
         # The sink is done with it: its slot goes to the next send while the outcome is written

@@ -104,3 +104,40 @@ def test_a_successful_probe_closes_the_breaker_and_logs_recovery(caplog):
     assert gate.room() == 4
     assert gate.next_allowed_at() is None
     assert caplog.text.count("recovered") == 1
+
+
+def _open(gate, clock):
+    """Trip the breaker and let its first pause pass: the gate is half-open."""
+    for _ in range(BREAKER_THRESHOLD):
+        gate.started()
+        gate.finished(ok=False, retryable_failure=True)
+    clock.advance(BREAKER_FIRST_PAUSE)
+
+
+def test_a_probe_answered_with_a_permanent_failure_closes_the_breaker():
+    """A permanent failure means the sink answered: the breaker closes, as on a success, rather
+    than staying half-open and probing one send after another with no pause."""
+    clock = FakeClock(1000.0)
+    gate = _gate(clock, concurrency=4)
+    _open(gate, clock)
+    assert gate.room() == 1
+    gate.started()
+    gate.finished(ok=False, retryable_failure=False)
+    assert gate.paused_until is None
+    assert gate.room() == 4
+
+
+def test_a_half_open_sink_keeps_its_rate():
+    """Probing does not skip the rate: a sink at 1/s that just probed waits its second."""
+    clock = FakeClock(1000.0)
+    gate = _gate(clock, concurrency=4, rate=1)
+    _open(gate, clock)
+    gate.started()  # the probe uses the second's token
+    gate.finished(ok=False, retryable_failure=True)
+    clock.advance(BREAKER_FIRST_PAUSE * 2)  # the next pause is over: half-open again
+    assert gate.room() == 1
+    gate.started()
+    gate.finished(ok=False, retryable_failure=False)
+    assert gate.room() == 0  # closed again, but this second's token is spent
+    clock.advance(1)
+    assert gate.room() == 1
