@@ -258,7 +258,32 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.executescript(SCHEMA)
+    _check_columns(conn)
     return conn
+
+
+def _columns(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    # Table names come from sqlite_master, not from outside.
+    return {t: {row[1] for row in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+
+
+def _check_columns(conn: sqlite3.Connection) -> None:
+    """Refuse a database whose tables lack columns this relay writes (another version made it):
+    every outcome record would fail, and each delivery would be sent again and again."""
+    expected = sqlite3.connect(":memory:")
+    try:
+        expected.executescript(SCHEMA)
+        wanted = _columns(expected)
+    finally:
+        expected.close()
+    found = _columns(conn)
+    for table, columns in wanted.items():
+        if missing := sorted(columns - found.get(table, set())):
+            raise sqlite3.DatabaseError(
+                f"table {table} has no column {', '.join(missing)}: the database was made by "
+                "another version of the relay"
+            )
 
 
 def _write_batch(

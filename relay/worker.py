@@ -39,6 +39,9 @@ MIN_CLEANUP_EVERY, MAX_CLEANUP_EVERY = 10.0, 600.0
 # rather than one per send. A batch older than CLAIM_TTL is read again, so what `relay outbox`
 # changed meanwhile is seen within a second.
 MAX_CLAIM, CLAIM_PER_SLOT, CLAIM_TTL = 128, 8, 1.0
+# A delivery whose outcome could not be recorded is not sent again for this long: the outbox
+# still says pending, and without a hold the worker would resend it in a tight loop.
+UNRECORDED_HOLD = 30.0
 
 
 class Worker:
@@ -64,6 +67,7 @@ class Worker:
         self._metrics = metrics or Metrics()
         self.dedup_window = dedup_window  # purged events stay as tombstones this long, for dedup
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._held: dict[int, float] = {}  # delivery id -> not claimed before (outcome unrecorded)
         self._claimed: dict[str, deque[Due]] = {}  # due now, not started yet, per sink
         self._claimed_at: dict[str, float] = {}
         # Per sink with nothing due now: when its next delivery is due (or the next idle poll).
@@ -231,7 +235,8 @@ class Worker:
                 wanted[name] = _claim_size(self._sinks[name])
         if not wanted:
             return
-        for due in await self._outbox.due(now, wanted, set(self._in_flight)):
+        self._held = {i: until for i, until in self._held.items() if until > now}
+        for due in await self._outbox.due(now, wanted, set(self._in_flight) | set(self._held)):
             self._claimed.setdefault(due.sink, deque()).append(due)
         for name in wanted:
             self._claimed_at[name] = now
@@ -296,9 +301,15 @@ class Worker:
             else:
                 await self._failed(due, error, duration)
         except StorageError as exc:
-            # The delivery stays pending in the outbox and is sent again: at least once.
+            # The delivery stays pending in the outbox and is sent again (at least once), but
+            # not before the hold: a lasting storage fault must not become a resend loop.
+            self._held[due.id] = self._clock.now() + UNRECORDED_HOLD
             log.error(
-                "could not record the outcome of delivery %s: %s", due.id, exc, extra=_about(due)
+                "could not record the outcome of delivery %s: %s; not sending it again for %.0f s",
+                due.id,
+                exc,
+                UNRECORDED_HOLD,
+                extra=_about(due),
             )
 
     async def _attempt(self, due: Due, sink: Sink) -> DeliveryError | None:

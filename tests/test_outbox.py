@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import pytest
+
+from relay.errors import StorageError
 from relay.events import event_from_dict
 from relay.outbox import Outbox, Outcome
 
@@ -117,3 +120,14 @@ async def test_a_second_outbox_on_the_same_file_is_refused_even_through_a_symlin
                 raise AssertionError(f"{other} opened beside a running outbox")
     finally:
         await outbox.close()
+
+
+async def test_a_database_made_by_another_version_is_refused_at_open(tmp_path):
+    """A table without a column this relay writes is refused with its name, not used until every
+    outcome record fails."""
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE events (id TEXT PRIMARY KEY, type TEXT, payload TEXT)")
+    conn.close()
+    with pytest.raises(StorageError, match="table events has no column datasource, received_at"):
+        await Outbox.open(path)

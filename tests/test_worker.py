@@ -183,3 +183,28 @@ async def test_a_cancelled_worker_stops_even_when_woken_at_that_moment(tmp_path)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await outbox.close()
+
+
+async def test_an_outcome_that_cannot_be_recorded_is_not_resent_in_a_loop(tmp_path, caplog):
+    """When the outbox cannot record an outcome the delivery stays pending (at least once), but
+    waits out a hold before it is sent again, instead of being resent as fast as possible."""
+    clock = FakeClock(NOW)
+    out = io.StringIO()
+    outbox = await Outbox.open(tmp_path / "relay.db")
+    try:
+        sinks = {"fast": ConsoleSink("fast", ConsoleConfig(), SinkContext(stdout=out))}
+        worker = _worker(outbox, sinks, clock)
+        event = event_from_dict({"type": "shared_connection", "email": "a@b.c"}, received_at=NOW)
+        await outbox.accept(event, ["fast"], dedup_window=60)
+        # A lasting storage fault: every outcome record fails from now on.
+        outbox._conn.execute("ALTER TABLE deliveries DROP COLUMN last_reason")
+        async with asyncio.timeout(10):
+            await worker.drain()
+        assert out.getvalue().count(f"--- fast | event {event.id}") == 1
+        assert "not sending it again for 30 s" in caplog.text
+        clock.advance(31)
+        async with asyncio.timeout(10):
+            await worker.drain()
+        assert out.getvalue().count(f"--- fast | event {event.id}") == 2
+    finally:
+        await outbox.close()
