@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -166,6 +167,12 @@ def cmd_outbox(args: argparse.Namespace) -> int:
             print(_outbox_action(conn, args, settings))
     except admin.AdminError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # read-only file or folder, a damaged database...
+        print(f"database error on {settings.db}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a folder on the way that this user may not enter, say
+        print(f"cannot use the database {settings.db}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

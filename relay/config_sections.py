@@ -59,8 +59,15 @@ class AuthConfig(_Section):
         return self
 
 
+def _listen_host(value: str) -> str:
+    if not value.strip():
+        # aiohttp would listen on every interface; that must be asked for, not fallen into.
+        raise ValueError('is empty; give an address, e.g. "127.0.0.1", or "0.0.0.0" for every one')
+    return value
+
+
 class ServerConfig(_Section):
-    host: str = "127.0.0.1"
+    host: Annotated[str, AfterValidator(_listen_host)] = "127.0.0.1"
     port: Int = Field(default=8080, ge=1, le=65535)
     path: str = "/webhooks/dataslayer"
     max_body_bytes: Int = Field(default=65536, ge=64, le=64 * 1024 * 1024)

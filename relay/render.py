@@ -113,7 +113,7 @@ class Renderer:
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(_as_template_error(exc, name, self._roots))
             except (OSError, UnicodeDecodeError) as exc:
-                problems.append(TemplateError(f"cannot be read: {exc}", template=name))
+                problems.append(TemplateError(_unreadable(exc), template=name))
         return problems
 
     def check_sink(
@@ -192,6 +192,8 @@ class Renderer:
                     raise _as_template_error(exc, name, self._roots) from exc
             except jinja2.TemplateSyntaxError as exc:
                 raise _as_template_error(exc, name, self._roots) from exc
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TemplateError(_unreadable(exc), template=name) from None
         return None
 
     def _run(self, template: jinja2.Template, context: dict[str, Any]) -> str:
@@ -225,6 +227,12 @@ class _StartLoader(jinja2.FileSystemLoader):
         if template not in self._known:
             raise jinja2.TemplateNotFound(template)
         return super().get_source(environment, template)
+
+
+def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+    return f"cannot be read: {exc.strerror or exc}"
 
 
 def build_context(event: Event, sink_name: str) -> dict[str, Any]:

@@ -152,3 +152,16 @@ def test_a_config_problem_does_not_hide_a_broken_template(tmp_path, capsys):
         load_checked(config)
     assert caught.value.problems[0].path == "delivery.max_atempts"
     assert "console.text.j2, line 1" in str(caught.value.problems[1])
+
+
+def test_a_template_that_is_not_utf8_is_one_line_not_a_traceback(tmp_path, capsys):
+    """A template saved in another encoding is a problem naming it, in check and in preview."""
+    path = tmp_path / "templates" / "shared_connection" / "console.text.j2"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff\xfe Gr\xfc\xdfe")
+    config = write_config(tmp_path, CONSOLE)
+    assert main(["check", "-c", str(config)]) == 1
+    expected = "shared_connection/console.text.j2: is not UTF-8 text (byte 0xff at offset 0)"
+    assert expected in capsys.readouterr().out
+    assert main(["preview", "-c", str(config)]) == 1
+    assert f"template error: {expected}" in capsys.readouterr().out

@@ -6,10 +6,12 @@ import contextlib
 import importlib.metadata
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -530,3 +532,37 @@ def test_preview_says_when_slack_would_refuse_the_message(tmp_path, capsys):
     config = write_config(tmp_path, SLACK_SINK)
     assert main(["preview", "-c", str(config)]) == 1
     assert "would be refused: the blocks part is a JSON dict" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run the CLI as a user who may not write the database",
+)
+def test_outbox_commands_on_a_database_they_may_not_write_say_so(tmp_path):
+    """retry and purge on a database the user may only read, or in a folder the user may not
+    enter: one line and exit 1, no traceback."""
+    shared = Path(tempfile.mkdtemp(prefix="relay-ro-", dir="/tmp"))  # reachable by nobody
+    shared.chmod(0o755)
+    readable = shared / "relay.db"
+    sqlite3.connect(readable).close()
+    main(["outbox", "list", "--db", str(readable)])  # creates the tables, as root
+    readable.chmod(0o644)
+    hidden = tmp_path / "relay.db"  # pytest's folders are root's alone
+    hidden.write_bytes(readable.read_bytes())
+    setpriv = shutil.which("setpriv") or "setpriv"
+    cases = [
+        (readable, ["retry", "--dead"]),
+        (readable, ["purge", "--older-than", "1d"]),
+        (hidden, ["list"]),
+    ]
+    for db, action in cases:
+        result = subprocess.run(
+            [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-m", "relay", "outbox", *action, "--db", str(db)],
+            capture_output=True, text=True, timeout=30, cwd=ROOT,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        assert str(db) in result.stderr
+    shutil.rmtree(shared)

@@ -389,3 +389,11 @@ def test_route_keys_take_a_string_or_a_list(tmp_path):
         "routes[0].datasource: must be a string or a list of strings",
         "routes[1].sinks: must name at least one sink",
     ]
+
+
+def test_an_empty_server_host_is_an_error_not_every_interface(tmp_path):
+    """host = "" (an empty ${VAR:-}) would listen on every interface: refused, with the way to
+    ask for that."""
+    assert _problems(tmp_path, '[server]\nhost = "${LISTEN_ON:-}"\n') == [
+        'server.host: is empty; give an address, e.g. "127.0.0.1", or "0.0.0.0" for every one'
+    ]
