@@ -152,6 +152,16 @@ async def test_changes_that_need_a_restart_are_named(tmp_path, relay, receivers,
     assert "storage.path changed: it applies after a restart, not on reload" in warnings
 
 
+async def test_a_reload_logs_the_warnings_check_would_print(tmp_path, relay, receivers, caplog):
+    """A config cut off before its routes is valid: the reload applies it, and warns that events
+    will be stored but sent nowhere, as relay check and a start do."""
+    a, _ = receivers
+    write_config(tmp_path, f'[sinks.a]\ntype = "webhook"\nurl = "{a.url}"\n')
+    assert await relay.app[RELOADER].reload() is True
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "routes: no routes and no fallback; events are stored but sent nowhere" in warnings
+
+
 async def test_a_send_in_flight_finishes_on_the_old_sink(tmp_path, relay, receivers, clock):
     """A slow send that started before the reload completes and is recorded as delivered."""
     a, b = receivers
