@@ -126,9 +126,13 @@ class Outbox:
         lock = _lock(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         loop = asyncio.get_running_loop()
+        conn: sqlite3.Connection | None = None
         try:
             conn = await loop.run_in_executor(executor, connect, path)
+            await loop.run_in_executor(executor, _take_write_lock, conn)  # writable, or say so now
         except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                conn.close()
             executor.shutdown(wait=False)
             lock.close()
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
@@ -400,4 +404,10 @@ def _stats(conn: sqlite3.Connection) -> Stats:
 
 def _take_write_lock(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
-    conn.execute("ROLLBACK")
+    try:
+        # A real write, rolled back: a file this process may only read still grants the lock
+        # (WAL locks live in the -shm file), and fails only here.
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.execute("ROLLBACK")

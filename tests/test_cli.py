@@ -566,3 +566,36 @@ def test_outbox_commands_on_a_database_they_may_not_write_say_so(tmp_path):
         assert "Traceback" not in result.stderr, result.stderr
         assert str(db) in result.stderr
     shutil.rmtree(shared)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run the relay as a user who may not write the database",
+)
+def test_serve_refuses_a_database_it_may_only_read(tmp_path):
+    """A database file the relay's user may read but not write (its folder writable, so SQLite's
+    lock files can be made) stops serve at start, instead of answering 503 to every post."""
+    shared = Path(tempfile.mkdtemp(prefix="relay-ro-", dir="/tmp"))
+    shared.chmod(0o777)
+    db = shared / "relay.db"
+    sqlite3.connect(db).close()
+    main(["outbox", "list", "--db", str(db)])  # creates the tables, as root
+    db.chmod(0o644)
+    config = shared / "config.toml"
+    config.write_text(
+        f'[dataslayer]\nsecret = "{"s" * 32}"\n[server]\nport = {free_port()}\n'
+        '[sinks.out]\ntype = "console"\n'
+    )
+    config.chmod(0o644)
+    setpriv = shutil.which("setpriv") or "setpriv"
+    result = subprocess.run(
+        [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         sys.executable, "-m", "relay", "serve", "-c", str(config)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    shutil.rmtree(shared)
+    assert result.returncode == 1, result.stderr
+    assert "cannot start: cannot open the database" in result.stderr
+    assert "readonly database" in result.stderr
+    assert "Traceback" not in result.stderr
