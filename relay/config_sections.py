@@ -72,6 +72,7 @@ class ServerConfig(_Section):
     path: str = "/webhooks/dataslayer"
     max_body_bytes: Int = Field(default=65536, ge=64, le=64 * 1024 * 1024)
     shutdown_timeout: Float = Field(default=10.0, ge=0, le=3600)
+    body_timeout: Float = Field(default=10.0, gt=0, le=3600)  # seconds for a request's body
     allow_ips: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     max_failures_per_minute: Int = Field(default=30, ge=0)

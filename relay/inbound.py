@@ -7,6 +7,7 @@ JSON and never holds secrets or plaintext.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ log = logging.getLogger("relay.server")
 
 JSON_TYPES = ("application/json",)
 FORM_TYPE = "application/x-www-form-urlencoded"
-COUNTED = frozenset({400, 401, 413, 415})  # answers that count against the client's limit
+COUNTED = frozenset({400, 401, 408, 413, 415})  # answers that count against the client's limit
 
 
 @dataclass
@@ -116,7 +117,7 @@ async def _handle(request: web.Request) -> web.Response:
         return answer(
             401, headers=headers, error="unauthorized", detail="missing or wrong credentials"
         )
-    body = await _read_body(request, config.server.max_body_bytes)
+    body = await _read_body(request, config.server.max_body_bytes, config.server.body_timeout)
     if isinstance(body, web.Response):
         return body
     token = _token_from(body, request)
@@ -142,14 +143,19 @@ def _authorized(request: web.Request, config: Config) -> bool:
     return check_token(request.headers.get(auth.header), auth.value.reveal())
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
-    """The body, refused before it is read whole when it is over ``limit``."""
+async def _read_body(request: web.Request, limit: int, within: float) -> bytes | web.Response:
+    """The body, refused before it is read whole when it is over ``limit``, or when it has not
+    arrived within ``within`` seconds (a client trickling bytes holds a connection open)."""
     if request.content_length is not None and request.content_length > limit:
         return answer(413, error="too_large")
     try:
-        return await request.read()
+        async with asyncio.timeout(within):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         return answer(413, error="too_large")
+    except TimeoutError:
+        detail = f"the body did not arrive within {within:g} s"
+        return answer(408, headers={"Connection": "close"}, error="timeout", detail=detail)
 
 
 def _token_from(body: bytes, request: web.Request) -> str | web.Response:

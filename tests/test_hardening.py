@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -384,3 +385,24 @@ async def test_console_output_escapes_line_breaks_that_come_from_event_data(
     assert not any(line.startswith("2026-12-03 INFO") for line in lines)
     assert "evil\\n2026-12-03 INFO relay.ingest: FORGED" in out.getvalue()
     assert len(lines) > 3  # the template's own line breaks are kept
+
+
+async def test_a_body_that_trickles_in_gets_408_and_the_connection_is_freed(
+    tmp_path, aiohttp_client
+):
+    """A client sending its body a byte at a time cannot hold a connection: past
+    [server] body_timeout it gets 408 and the connection is closed."""
+    relay = await make_relay(tmp_path, aiohttp_client, "body_timeout = 0.3")
+
+    async def trickle():
+        yield b'{"encrypted_data": "'
+        await asyncio.sleep(5)
+        yield b'"}'
+
+    response = await relay.post(PATH, data=trickle(), headers=JSON)
+    assert response.status == 408
+    assert await response.json() == {
+        "error": "timeout",
+        "detail": "the body did not arrive within 0.3 s",
+    }
+    assert response.headers["Connection"] == "close"
