@@ -7,6 +7,7 @@ named by its TOML path. Relative paths resolve against the config file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import tomllib
@@ -128,6 +129,7 @@ def _validate(data: dict[str, Any], path: Path, problems: list[Problem]) -> Conf
     sinks = _validate_sinks(raw.sinks, problems)
     _check_sink_references(data, problems)
     _check_replay_window(raw.dataslayer, problems)
+    _check_demo_secret(raw, problems)
     _check_ports(raw, problems)
     sinks = {name: _resolve_paths(sink, path.parent) for name, sink in sinks.items()}
     _check_files(sinks, problems)
@@ -210,6 +212,32 @@ def _check_ports(raw: _RawConfig, problems: list[Problem]) -> None:
                 "/metrics on the webhook server, or choose another port",
             )
         )
+
+
+def _check_demo_secret(raw: _RawConfig, problems: list[Problem]) -> None:
+    """The demo secret is public: fine for trying the relay on this machine, not for listening
+    where anyone else can post."""
+    ds = raw.dataslayer
+    if DEMO_SECRET not in [ds.secret.reveal(), *(s.reveal() for s in ds.previous_secrets)]:
+        return
+    if not _is_loopback(raw.server.host):
+        problems.append(
+            Problem(
+                "dataslayer.secret",
+                f"the public demo secret cannot be used while listening on {raw.server.host}; "
+                "set DATASLAYER_SECRET to the secret from Dataslayer's Developers page "
+                '(or listen on "127.0.0.1" to try the relay out)',
+            )
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_replay_window(ds: DataslayerConfig, problems: list[Problem]) -> None:

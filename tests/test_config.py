@@ -397,3 +397,17 @@ def test_an_empty_server_host_is_an_error_not_every_interface(tmp_path):
     assert _problems(tmp_path, '[server]\nhost = "${LISTEN_ON:-}"\n') == [
         'server.host: is empty; give an address, e.g. "127.0.0.1", or "0.0.0.0" for every one'
     ]
+
+
+def test_the_demo_secret_is_refused_where_others_can_post(tmp_path):
+    """The public demo secret works on loopback (to try the relay) but not on every interface,
+    where anyone who read the README could send events."""
+    body = '[server]\nhost = "0.0.0.0"\n'
+    assert _problems(tmp_path, body, secret=DEMO_SECRET) == [
+        "dataslayer.secret: the public demo secret cannot be used while listening on 0.0.0.0; "
+        "set DATASLAYER_SECRET to the secret from Dataslayer's Developers page (or listen on "
+        '"127.0.0.1" to try the relay out)'
+    ]
+    for host in ("127.0.0.1", "localhost", "::1"):
+        path = write_config(tmp_path, f'[server]\nhost = "{host}"\n', secret=DEMO_SECRET)
+        assert load_config(path, environ={}).uses_demo_secret
