@@ -106,8 +106,8 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> C
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        # utf-8-sig: a byte order mark (Windows editors write one) is not a TOML error.
+        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError([Problem("", f"config file not found: {path}")]) from None
     except OSError as exc:
@@ -339,9 +339,9 @@ def config_warnings(config: Config) -> list[str]:
             "dedup_window has forgotten its event; set a limit"
         )
     if not config.templates.dir.is_dir():
+        what = "is not a folder" if config.templates.dir.exists() else "does not exist"
         warnings.append(
-            f"templates.dir: {config.templates.dir} does not exist; only the built-in templates "
-            "are used"
+            f"templates.dir: {config.templates.dir} {what}; only the built-in templates are used"
         )
     if not config.routes and not config.fallback:
         warnings.append("routes: no routes and no fallback; events are stored but sent nowhere")

@@ -411,3 +411,20 @@ def test_the_demo_secret_is_refused_where_others_can_post(tmp_path):
     for host in ("127.0.0.1", "localhost", "::1"):
         path = write_config(tmp_path, f'[server]\nhost = "{host}"\n', secret=DEMO_SECRET)
         assert load_config(path, environ={}).uses_demo_secret
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """A UTF-8 BOM at the start (as some Windows editors write) is not a TOML error."""
+    path = write_config(tmp_path, '[sinks.out]\ntype = "console"\n')
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert "out" in load_config(path, environ={}).sinks
+
+
+def test_a_templates_dir_that_is_a_file_is_named_as_such(tmp_path):
+    """templates.dir naming a file says it is not a folder, rather than that it does not exist."""
+    (tmp_path / "templates.txt").write_text("")
+    config = load_config(write_config(tmp_path, '[templates]\ndir = "templates.txt"\n'), environ={})
+    assert any(
+        w.startswith("templates.dir: ") and w.endswith("templates.txt is not a folder; only the "
+        "built-in templates are used") for w in config_warnings(config)
+    )  # fmt: skip
