@@ -65,8 +65,7 @@ def outbox_settings(
 def _read(path: Path, environ: Mapping[str, str]) -> tuple[dict[str, Any], list[Problem]]:
     """The TOML with ``${VARS}`` expanded, and the problems expanding (unset variables...)."""
     try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
+        raw = tomllib.loads(path.read_bytes().decode("utf-8-sig"))  # a BOM is fine, as in serve
     except FileNotFoundError:
         raise _error("", "no such file (give -c FILE, or name the database with --db)") from None
     except OSError as exc:

@@ -33,7 +33,7 @@ def syntax_problems_beside(path: Path) -> list[str]:
     leniently, as the config has problems; the default folder when it cannot be read)."""
     folder = TemplatesConfig().dir
     try:
-        named = tomllib.loads(path.read_text(encoding="utf-8")).get("templates", {}).get("dir")
+        named = tomllib.loads(path.read_text(encoding="utf-8-sig")).get("templates", {}).get("dir")
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
         named = None
     if isinstance(named, str) and "${" not in named:

@@ -466,3 +466,11 @@ async def test_list_masks_addresses_quoted_in_errors(relay, receiver, capsys):
     assert code == 0
     assert "q***@example.com" in out
     assert "quoted@example.com" not in out
+
+
+def test_outbox_commands_read_a_config_saved_with_a_byte_order_mark(tmp_path, capsys):
+    """relay outbox reads a config with a UTF-8 BOM as serve does."""
+    config = write_config(tmp_path, '[sinks.out]\ntype = "console"\n')
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    assert main(["outbox", "list", "-c", str(config)]) == 1  # no database yet: said plainly
+    assert "no database at" in capsys.readouterr().err
