@@ -261,4 +261,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         slug = (exc.reason or "error").lower().replace(" ", "_")
-        return answer(exc.status, error=slug)
+        # Keep what the error says in its headers: 405's Allow, as HTTP requires.
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return answer(exc.status, headers=kept or None, error=slug)

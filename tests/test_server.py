@@ -182,12 +182,14 @@ async def test_a_limit_above_aiohttps_default_is_the_one_enforced(
 
 
 async def test_other_paths_and_methods_answer_json(relay):
-    """Unknown paths and wrong methods get JSON errors, not HTML."""
+    """Unknown paths and wrong methods get JSON errors, not HTML; a 405 says what is allowed."""
     response = await relay.get("/nope")
     assert response.status == 404
     assert (await response.json())["error"] == "not_found"
     response = await relay.get(PATH)
     assert response.status == 405
+    assert (await response.json())["error"] == "method_not_allowed"
+    assert response.headers["Allow"] == "POST"
 
 
 async def test_form_encoded_posts_are_accepted(relay):
