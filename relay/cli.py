@@ -164,7 +164,9 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return 1
     try:
         with admin.open_db(settings.db) as conn:
-            print(_outbox_action(conn, args, settings))
+            text = _outbox_action(conn, args, settings)
+        if text:  # `list --json` with no match prints nothing, not a blank line
+            print(text)
     except admin.AdminError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -474,3 +474,9 @@ def test_outbox_commands_read_a_config_saved_with_a_byte_order_mark(tmp_path, ca
     config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
     assert main(["outbox", "list", "-c", str(config)]) == 1  # no database yet: said plainly
     assert "no database at" in capsys.readouterr().err
+
+
+async def test_list_json_with_no_match_prints_nothing(relay, capsys):
+    """--json output is one object per line: no match is no line at all, not a blank one."""
+    code, out, _ = run(capsys, relay, "list", "--json", "--since", "1s")
+    assert (code, out) == (0, "")
