@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from relay.config import Config, load_config
+from relay.config import Config, config_warnings, load_config
 from relay.config_sections import TemplatesConfig
 from relay.errors import ConfigError, Problem
 from relay.events import SAMPLE_EVENT
@@ -103,6 +103,11 @@ def event_types(config: Config) -> list[str]:
     while other in folders:
         other += "_"
     return sorted(types | {other})
+
+
+def all_warnings(config: Config) -> list[str]:
+    """What works but is probably a mistake, config and templates: check, serve, reload say it."""
+    return config_warnings(config) + template_warnings(config)
 
 
 def template_warnings(config: Config) -> list[str]:

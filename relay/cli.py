@@ -18,8 +18,8 @@ import aiohttp
 
 from relay import __version__, admin
 from relay.admin_settings import OutboxSettings, outbox_settings
-from relay.checks import load_config_listing_all, template_problems, template_warnings
-from relay.config import Config, config_warnings, default_config_path
+from relay.checks import all_warnings, load_config_listing_all, template_problems
+from relay.config import Config, default_config_path
 from relay.crypto import encrypt
 from relay.errors import ConfigError, EventError, StorageError, TemplateError
 from relay.events import SAMPLE_EVENT, Event, event_from_dict, reject_constant
@@ -261,7 +261,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _warn(config: Config) -> None:
-    for warning in config_warnings(config) + template_warnings(config):
+    for warning in all_warnings(config):
         if config.uses_demo_secret and warning.startswith("dataslayer.secret"):
             log.warning("*" * 72)
             log.warning("%s", warning)
@@ -284,7 +284,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = _storage_problems(config) + template_problems(config)
     for text in problems:
         print(text)
-    for warning in config_warnings(config) + template_warnings(config):
+    for warning in all_warnings(config):
         print(f"warning: {warning}")
     if problems:
         return 1
@@ -384,12 +384,10 @@ def _preview_sinks(config: Config, routed: list[str], only: str | None) -> list[
 
 
 def _route(config: Config, event: Event) -> tuple[list[str], bool]:
-    """The sinks ``event`` goes to, routed as the server does, and whether they are [fallback]'s.
-
-    The router falls back only when no route matches, so routing without the fallback tells.
-    """
-    names = Router(config.routes, config.fallback).sinks_for(event)
-    return names, bool(names) and not Router(config.routes, ()).sinks_for(event)
+    """The sinks ``event`` goes to, routed as the server does, and whether they are [fallback]'s."""
+    router = Router(config.routes, config.fallback)
+    matched = router.matched(event)
+    return (matched, False) if matched else (router.sinks_for(event), True)
 
 
 def _preview_one(

@@ -17,9 +17,9 @@ from typing import Any, TextIO
 import aiohttp
 from pydantic import BaseModel
 
-from relay.checks import load_checked, template_warnings
+from relay.checks import all_warnings, load_checked
 from relay.clock import Clock
-from relay.config import Config, config_warnings
+from relay.config import Config
 from relay.crypto import TokenVerifier
 from relay.errors import ConfigError, Problem
 from relay.ingest import Ingest
@@ -100,7 +100,7 @@ class Reloader:
             )
             # As at start: what works but is probably a mistake (a file cut off mid-write can
             # leave a valid config with no routes, which stores events and sends them nowhere).
-            for warning in config_warnings(config) + template_warnings(config):
+            for warning in all_warnings(config):
                 log.warning("%s", warning)
             await self._worker.report_orphans()
             return True

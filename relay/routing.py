@@ -16,11 +16,15 @@ class Router:
 
     def sinks_for(self, event: Event) -> list[str]:
         """Sink names for ``event``, in route order, without repeats; the fallback if none match."""
+        return self.matched(event) or list(self._fallback)
+
+    def matched(self, event: Event) -> list[str]:
+        """Sink names the routes give ``event`` (without the fallback), in order, no repeats."""
         matched: dict[str, None] = {}
         for route in self._routes:
             if _matches(route.datasource, event.datasource) and _matches(route.type, event.type):
                 matched.update(dict.fromkeys(route.sinks))
-        return list(matched) if matched else list(self._fallback)
+        return list(matched)
 
 
 def _matches(patterns: Sequence[str], value: str | None) -> bool:

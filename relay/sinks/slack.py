@@ -130,31 +130,21 @@ class SlackSink(Sink):
     @classmethod
     def refusal(cls, parts: Mapping[str, str]) -> tuple[str, str] | None:
         try:
-            blocks = parse_blocks(parts.get("blocks"))
-        except PermanentError as exc:
-            return "blocks", str(exc)
-        if blocks is None and not parts.get("text", "").strip():
-            return (
-                "text",
-                "the text part is empty and there are no blocks: Slack refuses that (no_text)",
-            )
+            content(parts)
+        except Refused as refused:
+            return refused.part, str(refused)
         return None
 
     @classmethod
     def as_sent(cls, parts: Mapping[str, str]) -> dict[str, str]:
-        shown = dict(parts)
-        shown["text"] = truncate(parts["text"], MAX_TEXT)
-        blocks = parse_blocks(parts.get("blocks"))
+        text, blocks = content(parts)
+        shown = {**parts, "text": text}
         if blocks is not None and blocks != json.loads(parts["blocks"]):  # fitting changed it
             shown["blocks"] = json.dumps(blocks, indent=2, ensure_ascii=False)
         return shown
 
     async def send(self, message: Message) -> None:
-        refused = self.refusal(message.parts)
-        if refused is not None:
-            raise PermanentError(refused[1], reason="invalid")
-        text = truncate(message.parts["text"], MAX_TEXT)
-        blocks = parse_blocks(message.parts.get("blocks"))
+        text, blocks = content(message.parts)  # Refused is a PermanentError
         try:
             async with asyncio.timeout(self.timeout):
                 await self._post(text, blocks)
@@ -333,6 +323,31 @@ def truncate(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[: limit - 1] + ELLIPSIS
+
+
+class Refused(PermanentError):
+    """Rendered parts Slack is sure to refuse; ``part`` names the one at fault."""
+
+    def __init__(self, part: str, message: str) -> None:
+        super().__init__(message, reason="invalid")
+        self.part = part
+
+
+def content(parts: Mapping[str, str]) -> tuple[str, list[Any] | None]:
+    """The text and blocks to post, fitted to Slack's limits; Refused for what Slack refuses.
+
+    The one place ``send``, ``relay check`` (via ``refusal``) and ``relay preview`` read parts.
+    """
+    try:
+        blocks = parse_blocks(parts.get("blocks"))
+    except PermanentError as exc:
+        raise Refused("blocks", str(exc)) from None
+    text = parts.get("text", "")
+    if blocks is None and not text.strip():
+        raise Refused(
+            "text", "the text part is empty and there are no blocks: Slack refuses that (no_text)"
+        )
+    return truncate(text, MAX_TEXT), blocks
 
 
 def parse_blocks(text: str | None) -> list[Any] | None:
